@@ -1,0 +1,96 @@
+"""`leantune train | evaluate | predict`: thin over plain functions you can call from Python too.
+
+Every flag comes from a dataclass field (`leantune.config`); bad input ends in one line on stderr and
+exit code 2, before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from leantune.config import DataArguments, TrainingArguments, add_arguments, from_namespace
+from leantune.errors import LeantuneError
+
+
+def _parser(name: str, help: str, split_default: str | None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"leantune {name}", description=help,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    if split_default:
+        p.add_argument("--split", default=split_default,
+                       help="Which split to run on: train, validation, test (MNLI: validation_matched, ...).")
+    add_arguments(p, DataArguments)
+    add_arguments(p, TrainingArguments)
+    return p
+
+
+def _train(ns: argparse.Namespace) -> int:
+    from leantune.run import train
+
+    data_args, train_args = from_namespace(DataArguments, ns), from_namespace(TrainingArguments, ns)
+    train(data_args, train_args)
+    return 0
+
+
+def _evaluate(ns: argparse.Namespace) -> int:
+    from leantune.run import evaluate
+
+    data_args, train_args = from_namespace(DataArguments, ns), from_namespace(TrainingArguments, ns)
+    evaluate(data_args, train_args, split=ns.split, write="output_dir" in ns)
+    return 0
+
+
+def _predict(ns: argparse.Namespace) -> int:
+    from leantune.run import predict
+
+    data_args, train_args = from_namespace(DataArguments, ns), from_namespace(TrainingArguments, ns)
+    predict(data_args, train_args, split=ns.split)
+    return 0
+
+
+COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, str | None]] = {
+    "train": (_train, "Fine-tune a model, evaluating every epoch; saves it to --output-dir.", None),
+    "evaluate": (_evaluate, "Evaluate a fine-tuned model (--model) on a labelled split.", "validation"),
+    "predict": (_predict, "Predict a split; writes predictions.tsv (GLUE format) and probabilities.", "test"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in COMMANDS:
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"leantune: error: unknown command {argv[0]!r}; choose from {', '.join(COMMANDS)}", file=sys.stderr)
+            return 2
+        print("usage: leantune {" + ",".join(COMMANDS) + "} [flags]   (leantune COMMAND --help for its flags)\n")
+        for name, (_, text, _) in COMMANDS.items():
+            print(f"  {name:<9} {text}")
+        return 0 if argv else 2
+    fn, text, split_default = COMMANDS[argv[0]]
+    ns = _parser(argv[0], text, split_default).parse_args(argv[1:])
+    _quiet_libraries()
+    try:
+        return fn(ns)
+    except LeantuneError as e:
+        print(f"leantune: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("leantune: interrupted", file=sys.stderr)
+        return 130
+
+
+def _quiet_libraries() -> None:
+    """datasets' and transformers' own progress bars would drown ours; their warnings stay."""
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    datasets.disable_progress_bars()
+    hf_logging.disable_progress_bar()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

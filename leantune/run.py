@@ -1,0 +1,166 @@
+"""The three recipes behind the CLI: train, evaluate, predict. Plain functions, callable from Python.
+
+    from leantune.config import DataArguments, TrainingArguments
+    from leantune.run import train
+    train(DataArguments(task="mrpc", data_dir="glue/MRPC"), TrainingArguments("out"))
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from leantune.config import DataArguments, TrainingArguments, save_config
+from leantune.data import DataInfo, load_data, tokenize
+from leantune.errors import LeantuneError
+from leantune.metrics import build_compute_metrics
+from leantune.model import load_model, load_tokenizer
+from leantune.runlog import write_json_atomic
+from leantune.trainer import PredictionOutput, Trainer, TrainOutput
+
+CONFIG_FILE = "leantune_config.json"
+# Files that mark a directory as holding a previous run.
+RUN_MARKERS = (CONFIG_FILE, "metrics.json", "model.safetensors", "predictions.tsv", "log.jsonl")
+
+
+def check_output_dir(out: Path, overwrite: bool) -> None:
+    """Refuse to write over a previous run, or where nothing can be written, before any work starts."""
+    if out.exists() and not out.is_dir():
+        raise LeantuneError(f"--output-dir {out}: is a file, not a directory")
+    found = [m for m in RUN_MARKERS if (out / m).exists()]
+    if found and not overwrite:
+        raise LeantuneError(f"--output-dir {out}: holds a previous run ({found[0]}); "
+                            f"pass --overwrite-output-dir to replace it, or pick another directory")
+    parent = next(p for p in [out, *out.parents] if p.exists())
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise LeantuneError(f"--output-dir {out}: {parent} is not writable")
+
+
+def prepare(data_args: DataArguments, label_names: tuple[str, ...] | None = None):
+    """Load and tokenize the data; returns (tokenized splits, DataInfo, tokenizer)."""
+    d = data_args
+    dsd, info = load_data(d.task, d.data_dir, d.train_file, d.validation_file, d.test_file,
+                          d.text_columns or None, d.label_column, label_names)
+    tokenizer = load_tokenizer(d.model)
+    tokenized = tokenize(dsd, tokenizer, info.text_columns, d.max_length or None,
+                         d.preprocessing_num_workers or None, d.cache_dir)
+    for split in tokenized:
+        limit = d.max_train_samples if split == "train" else d.max_eval_samples
+        if limit and limit < len(tokenized[split]):
+            tokenized[split] = tokenized[split].select(range(limit))
+    return tokenized, info, tokenizer
+
+
+def eval_splits(dsd: Any, info: DataInfo) -> dict[str, Any]:
+    names = [s for s in dsd if s.startswith("validation")]
+    return {s: dsd[s] for s in names}
+
+
+def train(data_args: DataArguments, args: TrainingArguments) -> tuple[TrainOutput, Trainer]:
+    out = Path(args.output_dir)
+    check_output_dir(out, args.overwrite_output_dir)
+    dsd, info, tokenizer = prepare(data_args)
+    if "train" not in dsd:
+        raise LeantuneError("no training data: give --train-file, or a --task whose --data-dir has train.tsv")
+    evals = eval_splits(dsd, info)
+    if args.eval_strategy != "no" and not evals:
+        raise LeantuneError("no validation data to evaluate on: give --validation-file, or --eval-strategy no")
+    model = load_model(data_args.model, info.label_names)
+    trainer = Trainer(model, args, train_dataset=dsd["train"],
+                      eval_dataset=next(iter(evals.values())) if len(evals) == 1 else (evals or None),
+                      processing_class=tokenizer,
+                      compute_metrics=build_compute_metrics(info.task, info.num_labels, info.is_regression))
+    result = trainer.train()
+    if trainer.accelerator.is_main_process:
+        trainer.save_model(str(out))
+        save_config(out / CONFIG_FILE, training=args, data=data_args, labels=list(info.label_names or []),
+                    text_columns=list(info.text_columns), environment=environment())
+    trainer.log.info(f"saved the model to {out}; metrics in {out / 'metrics.json'}")
+    return result, trainer
+
+
+def _trained(data_args: DataArguments, args: TrainingArguments) -> tuple[Trainer, DataInfo, Any]:
+    """A Trainer around a fine-tuned model (--model), with data labelled by the model's own label names."""
+    from transformers import AutoConfig
+
+    load_tokenizer(data_args.model)  # checks the path first, with our message
+    config = AutoConfig.from_pretrained(data_args.model)
+    names = None if config.num_labels == 1 else tuple(config.id2label[i] for i in range(config.num_labels))
+    dsd, info, tokenizer = prepare(data_args, label_names=names)
+    if info.num_labels != config.num_labels:
+        raise LeantuneError(f"--model {data_args.model} has {config.num_labels} outputs but the data has "
+                            f"{info.num_labels} labels {list(info.label_names or [])}")
+    model = load_model(data_args.model, names, quiet=False)
+    trainer = Trainer(model, args, processing_class=tokenizer,
+                      compute_metrics=build_compute_metrics(info.task, info.num_labels, info.is_regression))
+    return trainer, info, dsd
+
+
+def _split(dsd: Any, split: str) -> Any:
+    if split not in dsd:
+        raise LeantuneError(f"--split {split}: not in the data; splits are: {', '.join(dsd)}")
+    return dsd[split]
+
+
+def evaluate(data_args: DataArguments, args: TrainingArguments, split: str = "validation",
+             write: bool = False) -> dict[str, float]:
+    trainer, info, dsd = _trained(data_args, args)
+    metrics = trainer.evaluate(_split(dsd, split))
+    trainer.log.info(" ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
+    if write:
+        out = Path(args.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / f"eval_{split}_metrics.json", metrics)
+    return metrics
+
+
+def predict(data_args: DataArguments, args: TrainingArguments, split: str = "test") -> PredictionOutput:
+    out = Path(args.output_dir)
+    check_output_dir(out, args.overwrite_output_dir)
+    trainer, info, dsd = _trained(data_args, args)
+    ds = _split(dsd, split)
+    result = trainer.predict(ds)
+    out.mkdir(parents=True, exist_ok=True)
+    write_predictions(out, result.predictions, info, ds["idx"] if "idx" in ds.column_names else None)
+    if result.label_ids is not None:
+        write_json_atomic(out / "predict_metrics.json", result.metrics)
+        trainer.log.info(" ".join(f"{k}={v:.4f}" for k, v in result.metrics.items() if isinstance(v, float)))
+    save_config(out / CONFIG_FILE, training=args, data=data_args, split=split, environment=environment())
+    trainer.log.info(f"wrote {len(result.predictions)} predictions to {out / 'predictions.tsv'}")
+    return result
+
+
+def write_predictions(out: Path, logits: np.ndarray, info: DataInfo, index: list[int] | None) -> None:
+    """predictions.tsv in GLUE's submission format (index, label name) and probabilities.tsv."""
+    index = list(range(len(logits))) if index is None else list(index)
+    if info.is_regression:
+        rows = [f"{i}\t{v:.6f}" for i, v in zip(index, logits[:, 0])]
+        _write_lines(out / "predictions.tsv", ["index\tprediction", *rows])
+        return
+    names = info.label_names
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    _write_lines(out / "predictions.tsv",
+                 ["index\tprediction", *(f"{i}\t{names[k]}" for i, k in zip(index, probs.argmax(-1)))])
+    _write_lines(out / "probabilities.tsv", ["index\t" + "\t".join(names),
+                 *(f"{i}\t" + "\t".join(f"{p:.6f}" for p in row) for i, row in zip(index, probs))])
+
+
+def _write_lines(path: Path, lines: list[str]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, path)
+
+
+def environment() -> dict[str, str]:
+    import accelerate
+    import datasets
+    import torch
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "datasets": datasets.__version__, "accelerate": accelerate.__version__, "machine": platform.machine()}
