@@ -10,8 +10,6 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
 from leantune.config import DataArguments, TrainingArguments, add_arguments, from_namespace
 from leantune.errors import LeantuneError

@@ -173,7 +173,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, .
         if kind is bool:
             group.add_argument(*names, action=argparse.BooleanOptionalAction, **kw)
             continue
-        base = [a for a in typing.get_args(kind) if a is not type(None)] or [kind]
+        base = [a for a in typing.get_args(kind) if a is not type(None)] if typing.get_origin(kind) is not list else []
+        base = base or [kind]
         if typing.get_origin(base[0]) is list:
             kw["nargs"] = "+"
             base = list(typing.get_args(base[0]))

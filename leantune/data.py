@@ -181,7 +181,9 @@ def load_files(
             f"{files[s]}: label column {label_column!r} not found; columns are: "
             f"{', '.join(map(str, frames[s].columns))} (pick one with --label-column)"
         )
-    names = tuple(label_names) if label_names else _infer_label_names(labelled, label_column, files)
+    # The label set comes from the training split: a label only seen in validation is an error, named.
+    source = {"train": labelled["train"]} if "train" in labelled else labelled
+    names = tuple(label_names) if label_names else _infer_label_names(source, label_column, files)
     splits = {}
     for split, df in frames.items():
         labels = _encode_labels(df, label_column, names, files[split]) if split in labelled else [-1] * len(df)

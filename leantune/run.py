@@ -108,7 +108,7 @@ def _split(dsd: Any, split: str) -> Any:
 
 def evaluate(data_args: DataArguments, args: TrainingArguments, split: str = "validation",
              write: bool = False) -> dict[str, float]:
-    trainer, info, dsd = _trained(data_args, args)
+    trainer, _, dsd = _trained(data_args, args)
     metrics = trainer.evaluate(_split(dsd, split))
     trainer.log.info(" ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
     if write:

@@ -38,9 +38,9 @@ class RunLog:
         if not self.enabled:
             return
         if kind == "eval" or (kind == "train" and not self.bars):
-            shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in rec.items()
-                     if not k.endswith(("_runtime", "_samples_per_second"))}
-            self.info(" ".join(f"{k}={v}" for k, v in shown.items()))
+            shown = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in rec.items()
+                     if k != "kind" and not k.endswith(("_runtime", "_samples_per_second"))}
+            self.info(f"{kind}: " + " ".join(f"{k}={v}" for k, v in shown.items()))
         self.dir.mkdir(parents=True, exist_ok=True)
         with open(self.dir / "log.jsonl", "a" if self._started else "w") as f:
             f.write(json.dumps(rec) + "\n")

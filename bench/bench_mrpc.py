@@ -1,0 +1,135 @@
+"""leantune vs the HF Trainer on the same job, side by side in one run: prints a table, writes JSON.
+
+    python bench/bench_mrpc.py                         # full: 3 epochs of MRPC, hf + leantune
+    python bench/bench_mrpc.py --epochs 1 --max-train-samples 1000 --systems hf,leantune
+    python bench/bench_mrpc.py --systems hf,hf_best,leantune --seeds 42,43,44
+
+Each system runs in its own process, one after another (never two at once on this machine).
+Speed-of-light fraction = useful training FLOPs / train time / peak matmul rate measured here, now.
+Useful FLOPs per epoch = 6 * N_matmul * real tokens + 12 * layers * hidden * sum(len^2) (attention
+scores and values, forward + backward, over real tokens only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_DATA = HERE.parents[1] / "shared" / "data" / "glue" / "MRPC"
+
+
+def peak_matmul_gflops(n: int = 2048, reps: int = 10) -> float:
+    """Best fp32 GEMM rate on this machine with all its threads."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    best = 0.0
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        best = max(best, 2 * n**3 / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
+def model_shape(model_dir: str | None) -> tuple[int, int, int]:
+    """(matmul params outside the embeddings, layers, hidden) of the encoder."""
+    from transformers import AutoConfig
+
+    from leantune.config import default_model
+
+    c = AutoConfig.from_pretrained(model_dir or default_model())
+    per_layer = 4 * c.hidden_size**2 + 2 * c.hidden_size * c.intermediate_size
+    return c.num_hidden_layers * per_layer + c.hidden_size**2, c.num_hidden_layers, c.hidden_size
+
+
+def run_system(system: str, seed: int, args) -> dict:
+    with tempfile.TemporaryDirectory() as out:
+        cmd = [sys.executable, str(HERE / "run_one.py"), "--system", system, "--data-dir", str(args.data_dir),
+               "--epochs", str(args.epochs), "--max-train-samples", str(args.max_train_samples),
+               "--seed", str(seed), "--out", out] + (["--model", args.model] if args.model else [])
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        sys.exit(f"{system} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def summarize(runs: list[dict], peak: float, shape: tuple[int, int, int], ref_sps: float | None) -> dict:
+    n_mm, layers, hidden = shape
+    per = []
+    for r in runs:
+        epochs = r["epochs"]
+        flops = 6 * n_mm * r["real_tokens"] + 12 * layers * hidden * r["attn_sq_tokens_per_epoch"] * epochs
+        per.append({"s_per_epoch": r["train_s"] / epochs, "samples_s": r["train_examples"] * epochs / r["train_s"],
+                    "tokens_s": r["real_tokens"] / r["train_s"], "waste": 1 - r["real_tokens"] / r["padded_tokens"],
+                    "rss": r["peak_rss_mb"], "acc": r["dev_accuracy"], "f1": r["dev_f1"],
+                    "sol": flops / r["train_s"] / (peak * 1e9)})
+
+    def stat(key):
+        vals = [p[key] for p in per]
+        return statistics.mean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+
+    out = {k: stat(k) for k in per[0]}
+    out["ratio"] = (out["samples_s"][0] / ref_sps, 0.0) if ref_sps else (float("nan"), 0.0)
+    return out
+
+
+def fmt(mean_std: tuple[float, float], spec: str, scale: float = 1.0) -> str:
+    m, s = mean_std
+    return f"{m * scale:{spec}}" + (f"±{s * scale:{spec}}" if s else "")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--systems", default="hf,leantune", help="comma list: hf, hf_best, leantune, leantune_bf16, "
+                   "leantune_nogroup, leantune_foreach, leantune_compile")
+    p.add_argument("--epochs", type=float, default=3)
+    p.add_argument("--max-train-samples", type=int, default=0)
+    p.add_argument("--seeds", default="42")
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--model", help="checkpoint (default: the packaged all-MiniLM-L6-v2)")
+    p.add_argument("--json", type=Path, default=HERE / "results" / "bench_mrpc.json")
+    args = p.parse_args()
+    sys.path.insert(0, str(HERE.parent))
+    systems, seeds = args.systems.split(","), [int(s) for s in args.seeds.split(",")]
+    peak = peak_matmul_gflops()
+    print(f"peak fp32 matmul: {peak:.1f} GFLOP/s; {torch.get_num_threads()} threads; torch {torch.__version__}",
+          flush=True)
+    raw = {}
+    for system in systems:
+        raw[system] = []
+        for seed in seeds:
+            raw[system].append(run_system(system, seed, args))
+            r = raw[system][-1]
+            print(f"  {system} seed {seed}: {r['train_s']:.1f} s train, dev F1 {r['dev_f1']:.4f}", flush=True)
+    peak_after = peak_matmul_gflops()
+    shape = model_shape(args.model)
+    ref = summarize(raw["hf"], peak, shape, None)["samples_s"][0] if "hf" in raw else None
+    rows = {s: summarize(raw[s], peak, shape, ref) for s in systems}
+    head = ["system", "s/epoch", "samples/s", "real tok/s", "pad waste %", "peak RSS MB", "dev acc", "dev F1",
+            "vs HF ref", "speed of light"]
+    table = [head] + [[s, fmt(r["s_per_epoch"], ".1f"), fmt(r["samples_s"], ".1f"), fmt(r["tokens_s"], ".0f"),
+                       fmt(r["waste"], ".1f", 100), fmt(r["rss"], ".0f"), fmt(r["acc"], ".1f", 100),
+                       fmt(r["f1"], ".1f", 100), f"{r['ratio'][0]:.2f}x", fmt(r["sol"], ".1%")]
+                      for s, r in rows.items()]
+    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
+    print(f"\nMRPC, {args.epochs:g} epoch(s), {args.max_train_samples or 'all'} train examples, seeds {args.seeds}")
+    for row in table:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
+    print(f"(peak matmul re-measured after the runs: {peak_after:.1f} GFLOP/s)")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"peak_gflops": [peak, peak_after], "args": {k: str(v) for k, v in vars(args).items()},
+                                     "runs": raw, "summary": rows}, indent=2))
+    print(f"raw numbers: {args.json}")
+
+
+if __name__ == "__main__":
+    main()

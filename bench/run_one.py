@@ -1,0 +1,134 @@
+"""One benchmark run of one system, in its own process; prints a JSON line with its numbers.
+
+Systems:
+  hf        the HF `transformers.Trainer` with the course recipe (the reference)
+  hf_best   the HF Trainer in its own best settings: group_by_length, torch_compile, fused AdamW
+  leantune  leantune's defaults
+  leantune_bf16, leantune_nogroup, leantune_foreach, leantune_compile   leantune with one lever changed
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np
+import torch
+
+
+class CountingCollator:
+    """Wraps a collator and counts real and padded tokens of every training batch (same for all systems)."""
+
+    def __init__(self, inner):
+        self.inner, self.real, self.padded, self.calls = inner, 0, 0, 0
+
+    def __call__(self, features):
+        batch = self.inner(features)
+        self.real += int(batch["attention_mask"].sum())
+        self.padded += batch["input_ids"].numel()
+        return batch
+
+
+def load(args):
+    from transformers import AutoTokenizer
+
+    from leantune.config import default_model
+    from leantune.data import load_glue
+
+    model_dir = args.model or default_model()
+    dsd, _ = load_glue("mrpc", args.data_dir)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    tokenized = dsd.map(lambda b: tok(b["sentence1"], b["sentence2"], truncation=True), batched=True)
+    tokenized = tokenized.remove_columns(["sentence1", "sentence2", "idx"])
+    if args.max_train_samples:
+        tokenized["train"] = tokenized["train"].select(range(args.max_train_samples))
+    return model_dir, tok, tokenized
+
+
+def dev_metrics(logits, labels):
+    from leantune.metrics import load_metric
+
+    return load_metric("glue", "mrpc").compute(predictions=np.argmax(logits, -1), references=labels)
+
+
+def run_hf(args, best: bool):
+    from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer, TrainingArguments
+
+    model_dir, tok, data = load(args)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2)
+    extra = {"group_by_length": True, "torch_compile": True, "optim": "adamw_torch_fused"} if best else {}
+    targs = TrainingArguments(args.out, num_train_epochs=args.epochs, per_device_train_batch_size=8,
+                              per_device_eval_batch_size=8, learning_rate=5e-5, seed=args.seed, eval_strategy="no",
+                              save_strategy="no", report_to="none", logging_steps=50, disable_tqdm=True,
+                              dataloader_num_workers=0, **extra)
+    collator = CountingCollator(DataCollatorWithPadding(tok))
+    trainer = Trainer(model, targs, train_dataset=data["train"], data_collator=collator, processing_class=tok)
+    t0 = time.perf_counter()
+    trainer.train()
+    train_s = time.perf_counter() - t0
+    real, padded = collator.real, collator.padded
+    t0 = time.perf_counter()
+    pred = trainer.predict(data["validation"])
+    eval_s = time.perf_counter() - t0
+    return train_s, eval_s, real, padded, dev_metrics(pred.predictions, pred.label_ids), data
+
+
+def run_leantune(args, variant: str):
+    from leantune import DataCollatorWithPadding, Trainer, TrainingArguments
+    from leantune.model import load_model
+
+    model_dir, tok, data = load(args)
+    model = load_model(model_dir, ("not_equivalent", "equivalent"), quiet=True)
+    extra = {"": {}, "bf16": {"bf16": True}, "nogroup": {"group_by_length": False},
+             "foreach": {"optim": "adamw_torch"}, "compile": {"torch_compile": True, "pad_to_multiple_of": 16}}[variant]
+    targs = TrainingArguments(args.out, num_train_epochs=args.epochs, seed=args.seed, eval_strategy="no",
+                              disable_tqdm=True, overwrite_output_dir=True, **extra)
+    collator = CountingCollator(DataCollatorWithPadding(tok, pad_to_multiple_of=targs.pad_to_multiple_of or None))
+    trainer = Trainer(model, targs, train_dataset=data["train"], data_collator=collator, processing_class=tok)
+    t0 = time.perf_counter()
+    trainer.train()
+    train_s = time.perf_counter() - t0
+    real, padded = collator.real, collator.padded
+    t0 = time.perf_counter()
+    pred = trainer.predict(data["validation"])
+    eval_s = time.perf_counter() - t0
+    return train_s, eval_s, real, padded, dev_metrics(pred.predictions, pred.label_ids), data
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--system", required=True)
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--model")
+    p.add_argument("--epochs", type=float, default=3)
+    p.add_argument("--max-train-samples", type=int, default=0)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--out", required=True)
+    args = p.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+    if args.system.startswith("hf"):
+        res = run_hf(args, best=args.system == "hf_best")
+    else:
+        res = run_leantune(args, args.system.partition("_")[2])
+    train_s, eval_s, real, padded, metrics, data = res
+    lengths = [len(x) for x in data["train"]["input_ids"]]
+    print(json.dumps({
+        "system": args.system, "seed": args.seed, "epochs": args.epochs, "train_examples": len(data["train"]),
+        "train_s": train_s, "eval_s": eval_s, "real_tokens": real, "padded_tokens": padded,
+        "attn_sq_tokens_per_epoch": int(sum(n * n for n in lengths)),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "dev_accuracy": metrics["accuracy"], "dev_f1": metrics["f1"],
+    }))
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    main()
