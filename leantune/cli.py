@@ -1,4 +1,4 @@
-"""`leantune train | evaluate | predict`: thin over plain functions you can call from Python too.
+"""`leantune train | evaluate | predict | report`: thin over plain functions you can call from Python too.
 
 Every flag comes from a dataclass field (`leantune.config`); bad input ends in one line on stderr and
 exit code 2, before anything is written.
@@ -11,8 +11,8 @@ import os
 import sys
 from collections.abc import Callable
 
-from leantune.config import DataArguments, TrainingArguments, add_arguments, from_namespace
-from leantune.errors import LeantuneError
+from leantune.config import DataArguments, RunArguments, TrainingArguments, add_arguments, from_namespace
+from leantune.errors import LeantuneError, TrainingInterrupted
 
 
 def _parser(name: str, help: str, split_default: str | None) -> argparse.ArgumentParser:
@@ -23,15 +23,37 @@ def _parser(name: str, help: str, split_default: str | None) -> argparse.Argumen
                        help="Which split to run on: train, validation, test (MNLI: validation_matched, ...).")
     add_arguments(p, DataArguments)
     add_arguments(p, TrainingArguments)
+    if name == "train":
+        add_arguments(p, RunArguments)
+    return p
+
+
+def _report_parser(name: str, help: str, split_default: str | None) -> argparse.ArgumentParser:
+    from leantune.report import add_report_arguments
+
+    p = argparse.ArgumentParser(prog=f"leantune {name}", description=help)
+    add_report_arguments(p)
     return p
 
 
 def _train(ns: argparse.Namespace) -> int:
     from leantune.run import train
 
+    run_args = from_namespace(RunArguments, ns)
     data_args, train_args = from_namespace(DataArguments, ns), from_namespace(TrainingArguments, ns)
+    if run_args.seed_list:
+        from leantune.seeds import train_seeds
+
+        train_seeds(data_args, train_args, run_args.seed_list)
+        return 0
     train(data_args, train_args)
     return 0
+
+
+def _report(ns: argparse.Namespace) -> int:
+    from leantune.report import report_command
+
+    return report_command(ns)
 
 
 def _evaluate(ns: argparse.Namespace) -> int:
@@ -54,6 +76,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, str | None]]
     "train": (_train, "Fine-tune a model, evaluating every epoch; saves it to --output-dir.", None),
     "evaluate": (_evaluate, "Evaluate a fine-tuned model (--model) on a labelled split.", "validation"),
     "predict": (_predict, "Predict a split; writes predictions.tsv (GLUE format) and probabilities.", "test"),
+    "report": (_report, "Write report.html and plots for a run; several runs: side by side.", None),
 }
 
 
@@ -68,16 +91,24 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name:<9} {text}")
         return 0 if argv else 2
     fn, text, split_default = COMMANDS[argv[0]]
-    ns = _parser(argv[0], text, split_default).parse_args(argv[1:])
+    ns = (_report_parser if argv[0] == "report" else _parser)(argv[0], text, split_default).parse_args(argv[1:])
     _quiet_libraries()
     try:
         return fn(ns)
     except LeantuneError as e:
-        print(f"leantune: error: {e}", file=sys.stderr)
+        message = str(e).replace("\r", "\\r").replace("\n", "\\n")  # one line, whatever a file name holds
+        print(f"leantune: error: {message}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as e:  # SIGINT/SIGTERM: a checkpoint was saved at a step boundary
+        print(f"leantune: {e}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print("leantune: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # a full disk, a vanished directory...: one line naming the file, not a traceback
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"leantune: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
 
 
 def _quiet_libraries() -> None:

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -118,3 +119,55 @@ def sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     """Evaluation batches, longest first, so each batch pads little; callers restore the order."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+class ShuffledBatchSampler:
+    """Plain shuffling (`--no-group-by-length`) as a batch sampler: a fresh permutation each epoch,
+    drawn from `seed + epoch` alone, so an epoch's order can be rebuilt when a run resumes.
+
+        >>> s = ShuffledBatchSampler(5, batch_size=2, seed=0)
+        >>> sorted(i for b in s for i in b), [len(b) for b in s]
+        ([0, 1, 2, 3, 4], [2, 2, 1])
+    """
+
+    def __init__(self, num_rows: int, batch_size: int, seed: int = 0, drop_last: bool = False) -> None:
+        self.num_rows, self.batch_size, self.seed, self.drop_last = num_rows, batch_size, seed, drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        n = self.num_rows
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        perm = torch.randperm(self.num_rows, generator=g).tolist()
+        batches = [perm[i:i + self.batch_size] for i in range(0, self.num_rows, self.batch_size)]
+        return iter(batches[:len(self)])
+
+
+class ResumableBatchSampler:
+    """Wraps a batch sampler whose order depends only on its seed and epoch; `skip_next_epoch(n)` makes
+    the next pass start after the first n batches (those a resumed run already trained on), without
+    reading them. `len()` stays the full epoch's, so step and epoch arithmetic are unchanged.
+    """
+
+    def __init__(self, sampler: Any) -> None:
+        self.sampler = sampler
+        self.batch_size = getattr(sampler, "batch_size", None)
+        self._skip = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def skip_next_epoch(self, batches: int) -> None:
+        self._skip = batches
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        skip, self._skip = self._skip, 0  # only the resumed epoch is shortened
+        return itertools.islice(iter(self.sampler), skip, None)

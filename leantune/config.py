@@ -64,8 +64,31 @@ class TrainingArguments:
                                       "padding). Changes the data order versus plain shuffling.")
     pad_to_multiple_of: int = arg(0, "Pad each batch's length up to a multiple of this (0: no rounding).")
     torch_compile: bool = arg(False, "Compile the model with torch.compile.")
+    fast_dropout: bool = arg(True, "On CPU, draw dropout masks from a fast generator (same Bernoulli(p), another "
+                                   "random stream; see leantune/fastpath.py).")
     dataloader_num_workers: int = arg(0, "Worker processes for loading batches (0: in the main process).")
-    disable_tqdm: bool = arg(False, "No progress bars.", aliases=["--quiet"])
+    disable_tqdm: bool = arg(False, "No progress bars and no periodic training-loss lines (evaluation lines and "
+                                    "errors still print).", aliases=["--quiet"])
+    report_to: str = arg("none", "Also log to TensorBoard (event files in OUTPUT_DIR/runs).",
+                         choices=["none", "tensorboard"])
+    save_strategy: str = arg("no", "When to save a checkpoint to resume from (OUTPUT_DIR/checkpoint-STEP): no, every "
+                             "--save-steps steps, or every epoch.", choices=["no", "steps", "epoch"])
+    save_steps: int = arg(500, "Save a checkpoint every this many optimizer steps with --save-strategy steps.")
+    save_total_limit: int = arg(0, "Keep only the newest this many checkpoints (0: all); with "
+                                   "--load-best-model-at-end the best one is kept as well.")
+    resume_from_checkpoint: str | None = arg(None, "Continue an interrupted run exactly: --resume alone takes the newest "
+                                                   "complete checkpoint in --output-dir, --resume PATH a given one.",
+                                             aliases=["--resume"], nargs="?", const="latest", metavar="PATH")
+    load_best_model_at_end: bool = arg(False, "End with the weights of the best evaluation by --metric-for-best-model "
+                                              "(a checkpoint is saved at each new best and never rotated away).")
+    metric_for_best_model: str | None = arg(None, "Metric that picks the best model and drives early stopping, e.g. "
+                                                  "f1 for eval_f1 (default: the --task's main metric, else loss).")
+    greater_is_better: bool | None = arg(None, "Whether a higher --metric-for-best-model is better (default: no for "
+                                               "a loss or mse, yes otherwise).")
+    early_stopping_patience: int = arg(0, "Stop after this many evaluations in a row without a new best "
+                                          "--metric-for-best-model (0: never).")
+    skip_nonfinite: bool = arg(False, "Skip an optimizer step whose loss or gradient is NaN/inf (counted as "
+                                      "skipped_steps) instead of stopping with an error naming the step.")
     evaluation_strategy: str | None = arg(None, "Old name of --eval-strategy (the course uses it).",
                                           hidden=True)
 
@@ -101,6 +124,18 @@ class TrainingArguments:
                 p.append(f"{flag(f.name)} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}")
         if self.fp16 and self.bf16:
             p.append("--fp16 and --bf16 are exclusive: pick one")
+        return p + self._checkpoint_problems()
+
+    def _checkpoint_problems(self) -> list[str]:
+        p = [f"{flag(n)} must be >= 0, got {getattr(self, n)}"
+             for n in ("save_total_limit", "early_stopping_patience") if not getattr(self, n) >= 0]
+        if self.save_steps < 1:
+            p.append(f"--save-steps must be >= 1, got {self.save_steps}")
+        if self.eval_strategy == "no":
+            p += [f"{flag(n)} needs evaluations: set --eval-strategy to steps or epoch"
+                  for n in ("load_best_model_at_end", "early_stopping_patience") if getattr(self, n)]
+        if self.resume_from_checkpoint is not None and not str(self.resume_from_checkpoint).strip():
+            p.append("--resume-from-checkpoint: empty path (give a checkpoint directory, or --resume alone)")
         return p
 
     @property
@@ -155,6 +190,35 @@ class DataArguments:
         return dataclasses.asdict(self)
 
 
+@dataclass
+class RunArguments:
+    """Run-level options of `leantune train` (the recipe's, not the Trainer's)."""
+
+    seeds: str | None = arg(None, "Comma-separated seeds, e.g. 1,2,3,4,5: one fine-tune per seed in OUTPUT_DIR/seed-N "
+                                  "(overrides --seed), then OUTPUT_DIR/summary.json (mean, std, min, max per metric) "
+                                  "and the best seed's model copied to OUTPUT_DIR/best.")
+
+    def __post_init__(self) -> None:
+        self.seed_list  # noqa: B018 -- parses, so a bad --seeds fails before any work
+
+    @property
+    def seed_list(self) -> list[int]:
+        """The seeds of --seeds in order ([] when not given)."""
+        if self.seeds is None:
+            return []
+        parts = [p.strip() for p in str(self.seeds).split(",")]
+        try:
+            seeds = [int(p) for p in parts]
+        except ValueError:
+            raise LeantuneError(f"--seeds takes comma-separated integers like 1,2,3, got {self.seeds!r}") from None
+        if len(set(seeds)) != len(seeds) or min(seeds) < 0:
+            raise LeantuneError(f"--seeds takes distinct seeds >= 0, got {self.seeds!r}")
+        return seeds
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 # ---------------------------------------------------------------- flags from fields ---------------
 
 
@@ -170,7 +234,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, .
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         help_text = argparse.SUPPRESS if f.metadata.get("hidden") else f"{f.metadata['help']} (default: {default})"
         kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
-        if kind is bool:
+        if kind is bool or kind == bool | None:
             group.add_argument(*names, action=argparse.BooleanOptionalAction, **kw)
             continue
         base = [a for a in typing.get_args(kind) if a is not type(None)] if typing.get_origin(kind) is not list else []
@@ -178,7 +242,10 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, .
         if typing.get_origin(base[0]) is list:
             kw["nargs"] = "+"
             base = list(typing.get_args(base[0]))
-        group.add_argument(*names, type=base[0], choices=f.metadata.get("choices"), metavar=f.name.upper(), **kw)
+        if "nargs" in f.metadata:  # e.g. --resume [PATH]: a value is optional, `const` stands in for it
+            kw.update(nargs=f.metadata["nargs"], const=f.metadata.get("const"))
+        group.add_argument(*names, type=base[0], choices=f.metadata.get("choices"),
+                           metavar=f.metadata.get("metavar", f.name.upper()), **kw)
 
 
 def from_namespace(cls: type, ns: argparse.Namespace, **overrides: Any) -> Any:

@@ -29,6 +29,7 @@ from leantune.errors import LeantuneError
 from leantune.tasks import GlueTask, get_task
 
 FILE_FORMATS = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
+MAX_CLASSES = 10_000  # integer labels beyond this are ids of no classifier (and would exhaust memory)
 _ID_LIKE = {"id", "idx", "index", "guid", "uid"}
 
 
@@ -90,7 +91,7 @@ def _read_glue_tsv(t: GlueTask, path: Path, is_test: bool) -> Dataset:
         if isinstance(col, int):
             return col
         if col not in header:
-            raise LeantuneError(f"{path}: column {col!r} not found; columns are: {', '.join(header)}")
+            raise LeantuneError(f"{path}: column {col!r} not found; columns are: {_names(header)}")
         return header.index(col)
 
     text_pos = {name: position(col) for name, col in spec.items()}
@@ -141,6 +142,11 @@ def _read_tsv_rows(path: Path) -> list[list[str]]:
         raise LeantuneError(f"{path}: cannot read: {e.strerror}") from None
 
 
+def _names(columns: Any) -> str:
+    """Column names for a one-line message (a name holding a newline or a tab is shown quoted)."""
+    return ", ".join(c if str(c).isprintable() else repr(c) for c in map(str, columns))
+
+
 def _few(items: list[Any], n: int = 10) -> str:
     shown = ", ".join(str(x) for x in items[:n])
     return shown + (f" ... ({len(items)} in all)" if len(items) > n else "")
@@ -172,14 +178,18 @@ def load_files(
         missing = [c for c in texts if c not in df.columns]
         if missing:
             raise LeantuneError(
-                f"{files[split]}: column {missing[0]!r} not found; columns are: {', '.join(map(str, df.columns))}"
+                f"{files[split]}: column {missing[0]!r} not found; columns are: {_names(df.columns)}"
             )
-    labelled = {s: df for s, df in frames.items() if label_column in df.columns}
+    # a test file whose label column is blank throughout is unlabelled, like GLUE's test files
+    labelled = {s: df for s, df in frames.items() if label_column in df.columns
+                and not (s.startswith("test") and all(_blank(v) for v in df[label_column].tolist()))}
+    for split, df in frames.items():
+        _check_cells(df, texts, label_column if split in labelled else None, files[split])
     if not labelled and any(not s.startswith("test") for s in frames):
         s = next(s for s in frames if not s.startswith("test"))
         raise LeantuneError(
             f"{files[s]}: label column {label_column!r} not found; columns are: "
-            f"{', '.join(map(str, frames[s].columns))} (pick one with --label-column)"
+            f"{_names(frames[s].columns)} (pick one with --label-column)"
         )
     # The label set comes from the training split: a label only seen in validation is an error, named.
     source = {"train": labelled["train"]} if "train" in labelled else labelled
@@ -201,6 +211,8 @@ def _read_table(path: Path):
     suffix = path.suffix.lower()
     if suffix not in FILE_FORMATS:
         raise LeantuneError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(FILE_FORMATS)}")
+    if path.is_dir():
+        raise LeantuneError(f"{path}: is a directory, not a file")
     if not path.is_file():
         raise LeantuneError(f"{path}: no such file")
     try:
@@ -221,13 +233,40 @@ def _read_table(path: Path):
         raise LeantuneError(f"{path}: not valid UTF-8 (byte {e.start}): {e.reason}") from None
     except pd.errors.EmptyDataError:
         raise LeantuneError(f"{path}: file is empty") from None
-    except (ValueError, pd.errors.ParserError, OSError) as e:
+    except (ValueError, TypeError, pd.errors.ParserError, OSError) as e:  # TypeError: JSON of an odd shape
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise LeantuneError(f"{path}: cannot parse as {suffix[1:].upper()}: {first_line}") from None
     if len(df) == 0:
         raise LeantuneError(f"{path}: no data rows")
     df.columns = [str(c) for c in df.columns]
+    _check_delimiter(df, suffix, path)
     return df
+
+
+def _check_delimiter(df, suffix: str, path: Path) -> None:
+    """One column whose name holds the other format's delimiter: the file's extension is wrong."""
+    other = {".csv": ("\t", "tab-separated", ".tsv"), ".tsv": (",", "comma-separated", ".csv")}.get(suffix)
+    if other and len(df.columns) == 1 and other[0] in df.columns[0]:
+        raise LeantuneError(f"{path}: one column {df.columns[0]!r}: the file looks {other[1]}; name it {other[2]}")
+
+
+def _blank(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v)) or (isinstance(v, str) and not v.strip())
+
+
+def _check_cells(df, texts: tuple[str, ...], label_column: str | None, path) -> None:
+    """Cells of the columns used are scalars (not lists or objects), and no label is blank: a missing
+    label (an empty field, or a row shorter than the header) is named instead of becoming a class."""
+    import numpy as np
+
+    for c in [*texts, *([label_column] if label_column else [])]:
+        nested = [i + 1 for i, v in enumerate(df[c].tolist()) if isinstance(v, (list, dict, tuple, np.ndarray))]
+        if nested:
+            raise LeantuneError(f"{path}: column {c!r} holds lists or objects on rows {_few(nested)}")
+    if label_column:
+        empty = [i + 1 for i, v in enumerate(df[label_column].tolist()) if isinstance(v, str) and not v.strip()]
+        if empty:
+            raise LeantuneError(f"{path}: column {label_column!r} is empty on rows {_few(empty)}")
 
 
 def _guess_text_columns(df, label_column: str, path) -> tuple[str, ...]:
@@ -241,7 +280,7 @@ def _guess_text_columns(df, label_column: str, path) -> tuple[str, ...]:
         and df[c].map(lambda v: isinstance(v, str)).all() and not _all_numeric(df[c].tolist())
     ]
     if not stringy:
-        raise LeantuneError(f"{path}: no text column found; columns are: {', '.join(cols)} (name them with --text-columns)")
+        raise LeantuneError(f"{path}: no text column found; columns are: {_names(cols)} (name them with --text-columns)")
     return tuple(stringy[:2])
 
 
@@ -270,8 +309,12 @@ def _infer_label_names(labelled: dict, label_column: str, files: dict) -> tuple[
                 raise LeantuneError(f"{files[split]}: column {label_column!r} is NaN/inf on rows {_few(bad)}")
         if any(n != int(n) for n in numbers):
             return None  # fractional values: regression
+        where = files[next(iter(labelled))]
         if min(numbers) < 0:
-            raise LeantuneError(f"column {label_column!r}: class ids must be >= 0, found {int(min(numbers))}")
+            raise LeantuneError(f"{where}: column {label_column!r}: class ids must be >= 0, found {int(min(numbers))}")
+        if max(numbers) >= MAX_CLASSES:
+            raise LeantuneError(f"{where}: column {label_column!r}: class id {int(max(numbers))} is too large (at most "
+                                f"{MAX_CLASSES - 1}); labels with a fractional part make a regression task")
         return tuple(str(i) for i in range(int(max(numbers)) + 1))
     return tuple(sorted({str(v).strip() for v in values}))
 
@@ -348,10 +391,13 @@ def tokenize(
     for split, ds in dsd.items():
         missing = [c for c in text_columns if c not in ds.column_names]
         if missing:
-            raise LeantuneError(f"split {split!r}: column {missing[0]!r} not found; columns are: {', '.join(ds.column_names)}")
+            raise LeantuneError(f"split {split!r}: column {missing[0]!r} not found; columns are: {_names(ds.column_names)}")
         if len(ds) == 0:
             raise LeantuneError(f"split {split!r} is empty")
-    limit = max_length or min(getattr(tokenizer, "model_max_length", 512) or 512, 512)
+    model_limit = getattr(tokenizer, "model_max_length", 512) or 512
+    if max_length and max_length > model_limit:  # longer inputs would index past the position embeddings
+        raise LeantuneError(f"--max-length {max_length}: the model takes at most {model_limit} tokens")
+    limit = max_length or min(model_limit, 512)  # longer texts are truncated to this, silently (as HF does)
     keep_tt = "token_type_ids" in tokenizer.model_input_names
     key = _cache_key(dsd, tokenizer, tuple(text_columns), limit, keep_tt)
     root = Path(cache_dir or os.environ.get("LEANTUNE_CACHE") or Path.home() / ".cache" / "leantune" / "tokenized")

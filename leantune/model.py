@@ -9,11 +9,18 @@ from typing import Any
 
 from leantune.errors import LeantuneError
 
+# Any one of these makes a directory's tokenizer; without them transformers builds an empty one silently.
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
+                    "tokenizer.model")
+
 
 def load_tokenizer(name: str) -> Any:
     from transformers import AutoTokenizer
 
     _check_exists(name)
+    local = Path(name).expanduser()
+    if local.is_dir() and not any((local / f).is_file() for f in _TOKENIZER_FILES):
+        raise LeantuneError(f"--model {name}: no tokenizer files in the directory (one of {', '.join(_TOKENIZER_FILES)})")
     try:
         tok = AutoTokenizer.from_pretrained(name)
     except (OSError, ValueError, TypeError) as e:
@@ -29,6 +36,7 @@ def load_model(name: str, label_names: tuple[str, ...] | None = None, quiet: boo
     When the checkpoint has no classification head (a plain encoder), transformers creates one at
     random; that is expected before fine-tuning, and said here in one line.
     """
+    from safetensors import SafetensorError
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
@@ -46,7 +54,7 @@ def load_model(name: str, label_names: tuple[str, ...] | None = None, quiet: boo
         model, info = AutoModelForSequenceClassification.from_pretrained(
             name, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
         )
-    except (OSError, ValueError, RuntimeError) as e:
+    except (OSError, ValueError, RuntimeError, SafetensorError) as e:  # SafetensorError: a truncated file
         raise LeantuneError(f"--model {name}: cannot load: {_first_line(e)}") from None
     finally:
         hf_logging.set_verbosity(verbosity)

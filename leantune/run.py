@@ -9,39 +9,60 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from accelerate.utils import set_seed
 
+from leantune.checkpoint import checkpoint_dirs, remove_checkpoints, resolve_checkpoint
 from leantune.config import DataArguments, TrainingArguments, save_config
 from leantune.data import DataInfo, load_data, tokenize
 from leantune.errors import LeantuneError
 from leantune.metrics import build_compute_metrics
 from leantune.model import load_model, load_tokenizer
+from leantune.report import finish_run
 from leantune.runlog import write_json_atomic
+from leantune.tasks import get_task
 from leantune.trainer import PredictionOutput, Trainer, TrainOutput
 
 CONFIG_FILE = "leantune_config.json"
 # Files that mark a directory as holding a previous run.
-RUN_MARKERS = (CONFIG_FILE, "metrics.json", "model.safetensors", "predictions.tsv", "log.jsonl")
+RUN_MARKERS = (CONFIG_FILE, "metrics.json", "model.safetensors", "predictions.tsv", "log.jsonl", "summary.json")
 
 
 def check_output_dir(out: Path, overwrite: bool) -> None:
     """Refuse to write over a previous run, or where nothing can be written, before any work starts."""
     if out.exists() and not out.is_dir():
         raise LeantuneError(f"--output-dir {out}: is a file, not a directory")
-    found = [m for m in RUN_MARKERS if (out / m).exists()]
+    found = [m for m in RUN_MARKERS if (out / m).exists()] + [c.name for c in checkpoint_dirs(out)]
     if found and not overwrite:
+        resume = " (or --resume to continue it)" if checkpoint_dirs(out) else ""
         raise LeantuneError(f"--output-dir {out}: holds a previous run ({found[0]}); "
-                            f"pass --overwrite-output-dir to replace it, or pick another directory")
+                            f"pass --overwrite-output-dir to replace it{resume}, or pick another directory")
     parent = next(p for p in [out, *out.parents] if p.exists())
-    if not os.access(parent, os.W_OK | os.X_OK):
+    if not parent.is_dir():
+        raise LeantuneError(f"--output-dir {out}: {parent} is a file, not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK) or not _can_create_in(parent):
         raise LeantuneError(f"--output-dir {out}: {parent} is not writable")
 
 
+def _can_create_in(directory: Path) -> bool:
+    """Try it: permission bits say nothing to root, nor about read-only mounts or /proc."""
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=directory, prefix=".leantune-probe-"))
+    except OSError:
+        return False
+    return True
+
+
 def prepare(data_args: DataArguments, label_names: tuple[str, ...] | None = None):
-    """Load and tokenize the data; returns (tokenized splits, DataInfo, tokenizer)."""
+    """Load and tokenize the data; returns (tokenized splits, DataInfo, tokenizer, raw splits).
+
+    Row i of a tokenized split is row i of the raw one (the run report shows the raw texts).
+    """
     d = data_args
     dsd, info = load_data(d.task, d.data_dir, d.train_file, d.validation_file, d.test_file,
                           d.text_columns or None, d.label_column, label_names)
@@ -52,7 +73,7 @@ def prepare(data_args: DataArguments, label_names: tuple[str, ...] | None = None
         limit = d.max_train_samples if split == "train" else d.max_eval_samples
         if limit and limit < len(tokenized[split]):
             tokenized[split] = tokenized[split].select(range(limit))
-    return tokenized, info, tokenizer
+    return tokenized, info, tokenizer, dsd
 
 
 def eval_splits(dsd: Any, info: DataInfo) -> dict[str, Any]:
@@ -62,25 +83,40 @@ def eval_splits(dsd: Any, info: DataInfo) -> dict[str, Any]:
 
 def train(data_args: DataArguments, args: TrainingArguments) -> tuple[TrainOutput, Trainer]:
     out = Path(args.output_dir)
-    check_output_dir(out, args.overwrite_output_dir)
-    dsd, info, tokenizer = prepare(data_args)
+    resume = args.resume_from_checkpoint
+    check_output_dir(out, args.overwrite_output_dir or resume is not None)  # resuming continues the run there
+    # found (or refused) before any work; a broken newer checkpoint is named in one line and skipped
+    checkpoint = resolve_checkpoint(resume, out, _note) if resume is not None else None
+    dsd, info, tokenizer, raw = prepare(data_args)
     if "train" not in dsd:
         raise LeantuneError("no training data: give --train-file, or a --task whose --data-dir has train.tsv")
     evals = eval_splits(dsd, info)
     if args.eval_strategy != "no" and not evals:
         raise LeantuneError("no validation data to evaluate on: give --validation-file, or --eval-strategy no")
+    if args.metric_for_best_model is None and info.task:
+        args.metric_for_best_model = get_task(info.task).main_metric
+    set_seed(args.seed)  # before the new classification head is drawn: --seed fixes its init too
     model = load_model(data_args.model, info.label_names)
     trainer = Trainer(model, args, train_dataset=dsd["train"],
                       eval_dataset=next(iter(evals.values())) if len(evals) == 1 else (evals or None),
                       processing_class=tokenizer,
                       compute_metrics=build_compute_metrics(info.task, info.num_labels, info.is_regression))
-    result = trainer.train()
+    fresh = checkpoint is None and args.overwrite_output_dir and trainer.accelerator.is_main_process
+    # a fresh run: the replaced run's checkpoints must not be resumed from or rotated with this one's
+    if fresh and (removed := remove_checkpoints(out)):
+        trainer.log.info(f"removed {removed} checkpoint(s) of the previous run in {out}")
+    result = trainer.train(resume_from_checkpoint=checkpoint)
     if trainer.accelerator.is_main_process:
         trainer.save_model(str(out))
         save_config(out / CONFIG_FILE, training=args, data=data_args, labels=list(info.label_names or []),
                     text_columns=list(info.text_columns), environment=environment())
+        finish_run(out, trainer, dsd, raw, info)  # eval_predictions.jsonl, lengths.json, report.html
     trainer.log.info(f"saved the model to {out}; metrics in {out / 'metrics.json'}")
     return result, trainer
+
+
+def _note(message: str) -> None:
+    print(f"leantune: {message}", file=sys.stderr, flush=True)
 
 
 def _trained(data_args: DataArguments, args: TrainingArguments) -> tuple[Trainer, DataInfo, Any]:
@@ -90,7 +126,7 @@ def _trained(data_args: DataArguments, args: TrainingArguments) -> tuple[Trainer
     load_tokenizer(data_args.model)  # checks the path first, with our message
     config = AutoConfig.from_pretrained(data_args.model)
     names = None if config.num_labels == 1 else tuple(config.id2label[i] for i in range(config.num_labels))
-    dsd, info, tokenizer = prepare(data_args, label_names=names)
+    dsd, info, tokenizer, _ = prepare(data_args, label_names=names)
     if info.num_labels != config.num_labels:
         raise LeantuneError(f"--model {data_args.model} has {config.num_labels} outputs but the data has "
                             f"{info.num_labels} labels {list(info.label_names or [])}")

@@ -1,5 +1,6 @@
 """What a run tells the user and leaves behind: progress bars, one line per evaluation,
-`log.jsonl` (a record per logging step and per evaluation) and `metrics.json`.
+`log.jsonl` (a record per logging step and per evaluation), `metrics.json`, and with
+`report_to="tensorboard"` the same records as TensorBoard scalars in `runs/`.
 
 Only the main process writes or prints (the Trainer passes `enabled=False` elsewhere).
 """
@@ -14,13 +15,19 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from leantune.tblog import TensorBoardWriter
+
 
 class RunLog:
-    def __init__(self, output_dir: str | os.PathLike, enabled: bool = True, bars: bool = True) -> None:
+    def __init__(self, output_dir: str | os.PathLike, enabled: bool = True, bars: bool = True,
+                 quiet: bool = False, report_to: str = "none") -> None:
         self.dir = Path(output_dir)
         self.enabled = enabled
+        # quiet: no bars and no periodic training lines; evaluation lines and errors still print
+        self.quiet = quiet
         # Bars only on a terminal: in CI logs they would be thousands of carriage returns.
-        self.bars = bars and enabled and sys.stderr.isatty()
+        self.bars = bars and not quiet and enabled and sys.stderr.isatty()
+        self.tensorboard = TensorBoardWriter(self.dir / "runs") if report_to == "tensorboard" and enabled else None
         self.history: list[dict[str, Any]] = []
         self._started = False
 
@@ -37,7 +44,7 @@ class RunLog:
         self.history.append(rec)
         if not self.enabled:
             return
-        if kind == "eval" or (kind == "train" and not self.bars):
+        if kind == "eval" or (kind == "train" and not self.bars and not self.quiet):
             shown = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in rec.items()
                      if k != "kind" and not k.endswith(("_runtime", "_samples_per_second"))}
             self.info(f"{kind}: " + " ".join(f"{k}={v}" for k, v in shown.items()))
@@ -45,8 +52,23 @@ class RunLog:
         with open(self.dir / "log.jsonl", "a" if self._started else "w") as f:
             f.write(json.dumps(rec) + "\n")
         self._started = True
+        if self.tensorboard is not None:
+            self.tensorboard.write(rec, kind)
         if kind in ("eval", "train_end"):
             self.write_metrics()
+
+    def restore(self, history: list[dict[str, Any]]) -> None:
+        """Continue a resumed run: its records up to the checkpoint become the history, log.jsonl and
+        metrics.json (anything the interrupted run wrote after the checkpoint goes)."""
+        self.history[:] = history  # in place: Trainer.log_history is the same list
+        if not self.enabled:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.dir / ".log.jsonl.tmp"
+        tmp.write_text("".join(json.dumps(rec) + "\n" for rec in history))
+        os.replace(tmp, self.dir / "log.jsonl")
+        self._started = True
+        self.write_metrics()
 
     def write_metrics(self) -> None:
         evals = [r for r in self.history if r["kind"] == "eval"]

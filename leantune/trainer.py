@@ -27,9 +27,33 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
-from leantune.collate import DataCollatorWithPadding, LengthGroupedBatchSampler, sorted_batches
+from leantune.checkpoint import (
+    capture_rng,
+    check_resumable,
+    load_stats_state,
+    load_training_files,
+    load_weights,
+    preserved_rng,
+    read_state,
+    remove_stale_temporaries,
+    resolve_checkpoint,
+    restore_rng,
+    rotate_checkpoints,
+    stats_state,
+    verify_checkpoint,
+    write_checkpoint,
+    write_training_files,
+)
+from leantune.collate import (
+    DataCollatorWithPadding,
+    LengthGroupedBatchSampler,
+    ResumableBatchSampler,
+    ShuffledBatchSampler,
+    sorted_batches,
+)
 from leantune.config import TrainingArguments
-from leantune.errors import LeantuneError
+from leantune.control import BestTracker, GracefulStop, NonFiniteGuard, signal_name
+from leantune.errors import LeantuneError, TrainingInterrupted
 from leantune.metrics import EvalPrediction
 from leantune.runlog import RunLog
 
@@ -44,6 +68,13 @@ class PredictionOutput(NamedTuple):
     predictions: np.ndarray
     label_ids: np.ndarray | None
     metrics: dict[str, float]
+
+
+class Position(NamedTuple):
+    """Where training stands in the data: the epoch being trained and how many of its batches are done."""
+
+    epoch: int
+    batches: int
 
 
 class Trainer:
@@ -66,12 +97,19 @@ class Trainer:
             pad_to_multiple_of=self.args.pad_to_multiple_of or None)
         self.compute_metrics = compute_metrics
         self.global_step, self.epoch = 0, 0.0
-        self.log = RunLog(self.args.output_dir, enabled=self.accelerator.is_main_process)
+        self.log = RunLog(self.args.output_dir, enabled=self.accelerator.is_main_process,
+                          quiet=self.args.disable_tqdm, report_to=self.args.report_to)
+        # prefix -> the last logged evaluation's logits and labels (the run report's confusion matrix)
+        self.last_eval: dict[str, PredictionOutput] = {}
         self.log_history = self.log.history
         self._forward_args = set(inspect.signature(model.forward).parameters)
+        self._best: BestTracker | None = None  # set up by train() when a best model or early stopping is wanted
+        self._new_best = False
 
     # ------------------------------------------------------------ train
-    def train(self) -> TrainOutput:
+    def train(self, resume_from_checkpoint: str | bool | None = None) -> TrainOutput:
+        """Train; `resume_from_checkpoint` (default: `args.resume_from_checkpoint`) continues a run exactly
+        from a checkpoint directory, or with True from the newest complete one in `args.output_dir`."""
         args, acc = self.args, self.accelerator
         if self.train_dataset is None:
             raise LeantuneError("Trainer.train() needs a train_dataset")
@@ -87,70 +125,213 @@ class Trainer:
                       f"{args.per_device_train_batch_size} x {acc.num_processes} process(es) x "
                       f"{args.gradient_accumulation_steps} accumulation")
         stats = _Stats(acc.device)
-        start = time.perf_counter()
-        for epoch in range(math.ceil(total / steps_per_epoch)):
-            sampler.set_epoch(epoch) if sampler is not None else loader.set_epoch(epoch)
-            self._train_epoch(model, optimizer, scheduler, loader, stats, epoch, steps_per_epoch, total)
-            if self.global_step >= total:
-                break
+        self._begin_control()
+        resume = args.resume_from_checkpoint if resume_from_checkpoint is None else resume_from_checkpoint
+        position, runtime_before = self._resume(resume, model, optimizer, scheduler, stats)
+        self._start = start = time.perf_counter() - runtime_before
+        with self._stop:
+            for epoch in range(position.epoch, math.ceil(total / steps_per_epoch)):
+                sampler.set_epoch(epoch)
+                # Accelerate's loader re-sets its sampler's epoch to the count of its own passes when a pass
+                # starts; a resumed run has made fewer, so give it the real epoch too.
+                getattr(loader, "set_epoch", sampler.set_epoch)(epoch)
+                skip = position.batches if epoch == position.epoch else 0
+                # resumed at the last step: only the end of its epoch (evaluation, save) remains
+                sampler.skip_next_epoch(len(sampler) if self.global_step >= total else skip * acc.num_processes)
+                stop = self._train_epoch(model, optimizer, scheduler, loader, stats, epoch, steps_per_epoch, total,
+                                         skip)
+                if stop or self.global_step >= total:
+                    break
+        self._guard.flush()
         runtime = time.perf_counter() - start
         metrics = stats.summary(runtime, self.epoch, acc)
+        if args.skip_nonfinite:
+            metrics["skipped_steps"] = self._guard.skipped
+        metrics.update(self._load_best(model))
         self.log.record({"step": self.global_step, "epoch": self.epoch, **metrics}, kind="train_end")
         self.model = acc.unwrap_model(model)
         return TrainOutput(self.global_step, metrics["train_loss"], metrics)
 
     def _train_epoch(self, model, optimizer, scheduler, loader, stats: _Stats, epoch: int,
-                     steps_per_epoch: int, total: int) -> None:
+                     steps_per_epoch: int, total: int, skip: int = 0) -> bool:
+        """One epoch from batch `skip` on (a resumed one skips those already trained on); True to stop."""
         args, acc = self.args, self.accelerator
         model.train()
         accum = args.gradient_accumulation_steps
-        bar = self.log.bar(total=min(steps_per_epoch, total - self.global_step), desc=f"epoch {epoch + 1}")
-        for i, batch in enumerate(loader):
+        bar = self.log.bar(total=min(steps_per_epoch - skip // accum, total - self.global_step),
+                           desc=f"epoch {epoch + 1}")
+        pending: list[tuple[torch.Tensor, dict[str, torch.Tensor]]] = []  # this step's losses, counted once it is good
+        for i, batch in enumerate(loader, start=skip):
             batch = self._model_inputs(batch)
             loss = model(**batch).loss
             acc.backward(loss / accum)
-            stats.add(loss.detach(), batch)
+            pending.append((loss.detach(), batch))
             last_micro = (i + 1) % accum == 0 or i + 1 == len(loader)
             if not last_micro:
                 continue
-            if args.max_grad_norm > 0:
-                stats.grad_norm = acc.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-            optimizer.step()
+            if self._guard.check(self.global_step + 1, sum(lo for lo, _ in pending), self._grad_norm(model, stats),
+                                 acc):
+                optimizer.step()
+                for lo, b in pending:
+                    stats.add(lo, b)
+            pending.clear()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             self.global_step += 1
             self.epoch = epoch + (i + 1) / len(loader)
             bar.update(1)
             if self.global_step % args.logging_steps == 0:
+                self._guard.flush()  # GPU: a bad step remembered on the device is reported, not logged
                 rec = stats.log_record(self.global_step, self.epoch, scheduler.get_last_lr()[0])
                 self.log.record(rec, kind="train")
-                bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['learning_rate']:.2e}")
+                bar.set_postfix({"loss": f"{rec['loss']:.4f}", "lr": f"{rec['learning_rate']:.2e}",
+                                 "samples/s": f"{rec['samples_per_second']:.1f}"})
             if args.eval_strategy == "steps" and self.global_step % (args.eval_steps or args.logging_steps) == 0:
                 self._evaluate_during_training(model)
+            due = args.save_strategy == "steps" and self.global_step % args.save_steps == 0
+            if self._boundary(due, model, optimizer, scheduler, stats, Position(epoch, i + 1)):
+                bar.close()
+                return True
             if self.global_step >= total:
                 break
         bar.close()
         if args.eval_strategy == "epoch":
             self._evaluate_during_training(model)
+        return self._boundary(args.save_strategy == "epoch", model, optimizer, scheduler, stats, Position(epoch + 1, 0))
 
     def _evaluate_during_training(self, model) -> None:
         if self.eval_dataset is None:
             return
         datasets = self.eval_dataset if isinstance(self.eval_dataset, dict) else {"": self.eval_dataset}
-        for name, ds in datasets.items():
-            prefix = f"eval_{name}" if name else "eval"
-            self._run_eval(model, ds, prefix)
+        merged: dict[str, float] = {}
+        with preserved_rng():  # evaluating must not move the generators the training's dropout draws from
+            for name, ds in datasets.items():
+                prefix = f"eval_{name}" if name else "eval"
+                merged.update(self._run_eval(model, ds, prefix).metrics)
         model.train()
+        if self._best is not None and self._best.update(merged, self.global_step):
+            self._new_best = True
 
-    def _train_loader(self) -> tuple[DataLoader, LengthGroupedBatchSampler | None]:
+    def _train_loader(self) -> tuple[DataLoader, ResumableBatchSampler]:
+        """Batches in an order fixed by the seed and the epoch alone, so a resumed run can rebuild it."""
         args, ds = self.args, self._model_columns(self.train_dataset)
         bs = args.per_device_train_batch_size
-        common = {"collate_fn": self.data_collator, "num_workers": args.dataloader_num_workers}
-        if args.group_by_length:
-            sampler = LengthGroupedBatchSampler(lengths_of(ds), bs, seed=args.seed)
-            return DataLoader(ds, batch_sampler=sampler, **common), sampler
-        g = torch.Generator().manual_seed(args.seed)
-        return DataLoader(ds, batch_size=bs, shuffle=True, generator=g, **common), None
+        # A private generator: the DataLoader then draws nothing from torch's global one, whose state (the
+        # dropout masks) checkpoints restore at step boundaries.
+        common = {"collate_fn": self.data_collator, "num_workers": args.dataloader_num_workers,
+                  "generator": torch.Generator().manual_seed(args.seed)}
+        inner = LengthGroupedBatchSampler(lengths_of(ds), bs, seed=args.seed) if args.group_by_length else \
+            ShuffledBatchSampler(len(ds), bs, seed=args.seed)
+        sampler = ResumableBatchSampler(inner)
+        return DataLoader(ds, batch_sampler=sampler, **common), sampler
+
+    # ------------------------------------------------------------ checkpoints, stopping, best model
+    def _begin_control(self) -> None:
+        args, acc = self.args, self.accelerator
+        self._guard = NonFiniteGuard(args.skip_nonfinite, acc.device, acc.num_processes)
+        self._stop = GracefulStop()
+        self._best, self._new_best = None, False
+        if args.load_best_model_at_end or args.early_stopping_patience:
+            self._best = BestTracker(args.metric_for_best_model or "loss", args.greater_is_better,
+                                     args.early_stopping_patience)
+
+    def _grad_norm(self, model, stats: _Stats) -> torch.Tensor | None:
+        """The gradient norm (clipping to --max-grad-norm); None under fp16, whose grad scaler skips
+        steps with inf/NaN gradients by design."""
+        acc, args = self.accelerator, self.args
+        if args.max_grad_norm > 0:
+            stats.grad_norm = acc.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+        if acc.scaler is not None:
+            return None
+        if args.max_grad_norm > 0:
+            return stats.grad_norm
+        return torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
+
+    def _boundary(self, due: bool, model, optimizer, scheduler, stats: _Stats, position: Position) -> bool:
+        """After a step or an epoch: save when due, at a new best, or on SIGINT/SIGTERM (then stop with
+        TrainingInterrupted); True when early stopping ends training here."""
+        new_best, self._new_best = self._new_best, False
+        signum = self._stop.requested(self.accelerator)
+        path = None
+        if due or signum or (new_best and self.args.load_best_model_at_end):
+            path = self._save_checkpoint(model, optimizer, scheduler, stats, position)
+        if signum:
+            raise TrainingInterrupted(f"stopped by {signal_name(signum)} at step {self.global_step}; checkpoint "
+                                      f"saved in {path} (continue with --resume)", 128 + signum)
+        if self._best is not None and self._best.should_stop:
+            b = self._best
+            self.log.info(f"early stopping at step {self.global_step}: {b.metric} has not improved for "
+                          f"{b.bad_evals} evaluations (best {b.best:.4g} at step {b.best_step})")
+            return True
+        return False
+
+    def _save_checkpoint(self, model, optimizer, scheduler, stats: _Stats, position: Position) -> Path:
+        """OUTPUT_DIR/checkpoint-STEP with everything needed to continue exactly from here (main process
+        writes; every process takes part, as each one's RNG state and loss stats go in)."""
+        from accelerate.utils import gather_object
+
+        acc, args, out = self.accelerator, self.args, Path(self.args.output_dir)
+        self._guard.flush()  # a bad step not yet reported must not be saved
+        path = out / f"checkpoint-{self.global_step}"
+        if self._best is not None and self._best.best_step == self.global_step:
+            self._best.checkpoint = path.name  # this checkpoint holds the best evaluation so far
+        state = {"format": 1, "global_step": self.global_step, "epoch": self.epoch,
+                 "position": position._asdict(), "runtime": time.perf_counter() - self._start,
+                 "skipped_steps": self._guard.skipped, "best": self._best.state_dict() if self._best else None,
+                 "world_size": acc.num_processes, "train_rows": len(self.train_dataset), "args": args.to_dict(),
+                 "log_history": self.log.history}
+        per_process = gather_object([{"rng": capture_rng(), "stats": stats_state(stats)}])
+        if acc.is_main_process:
+            try:
+                write_checkpoint(out, self.global_step, lambda d: write_training_files(
+                    d, acc.unwrap_model(model), self.processing_class, optimizer, scheduler, acc.scaler, state,
+                    per_process))
+            except OSError as e:
+                raise LeantuneError(f"cannot save {path}: {e.strerror or e}; the checkpoints already there are "
+                                    f"intact") from None
+            best = [out / self._best.checkpoint] if self._best and self._best.checkpoint else []
+            rotate_checkpoints(out, args.save_total_limit, keep=best)
+        acc.wait_for_everyone()
+        self._guard.last_checkpoint = str(path)
+        return path
+
+    def _resume(self, value: str | bool | None, model, optimizer, scheduler, stats: _Stats) -> tuple[Position, float]:
+        """Restore a checkpoint's whole training state (RNG last); the position to continue from and the
+        seconds trained before. Without one: a fresh start (and leftovers of a crashed save go)."""
+        acc, out = self.accelerator, Path(self.args.output_dir)
+        if acc.is_main_process:
+            remove_stale_temporaries(out)
+        if value is None or value is False:
+            return Position(0, 0), 0.0
+        path = resolve_checkpoint(value, out, self.log.info)
+        state, per_process = read_state(path)
+        check_resumable(state, path, self.args.to_dict(), len(self.train_dataset), acc.num_processes, self.log.info)
+        load_training_files(path, acc.unwrap_model(model), optimizer, scheduler, acc.scaler)
+        mine = per_process[acc.process_index]
+        load_stats_state(stats, mine["stats"])
+        self.global_step, self.epoch = state["global_step"], state["epoch"]
+        self._guard.skipped, self._guard.last_checkpoint = state["skipped_steps"], str(path)
+        if self._best is not None and state["best"]:
+            self._best.load_state_dict(state["best"])
+        self.log.restore(state["log_history"])
+        position = Position(**state["position"])
+        self.log.info(f"resuming from {path}: step {self.global_step}, epoch {position.epoch + 1} after "
+                      f"{position.batches} batches")
+        restore_rng(mine["rng"])  # last: nothing may draw from the generators before the next batch
+        return position, float(state["runtime"])
+
+    def _load_best(self, model) -> dict[str, float]:
+        """With --load-best-model-at-end: the best checkpoint's weights into the model; its step and metric."""
+        b = self._best
+        if not (self.args.load_best_model_at_end and b is not None and b.checkpoint):
+            return {}
+        path = Path(self.args.output_dir) / b.checkpoint
+        problem = verify_checkpoint(path)
+        if problem:
+            raise LeantuneError(f"the best checkpoint {path} is not usable ({problem})")
+        load_weights(self.accelerator.unwrap_model(model), path / "model.safetensors")
+        self.log.info(f"loaded the best model ({b.metric}={b.best:.4g} at step {b.best_step}) from {path}")
+        return {"best_step": b.best_step, f"best_{b.metric}": b.best}
 
     # ------------------------------------------------------------ evaluate / predict
     def evaluate(self, eval_dataset: Any = None, metric_key_prefix: str = "eval") -> dict[str, float]:
@@ -209,6 +390,7 @@ class Trainer:
         if log:
             metrics["epoch"] = round(self.epoch, 4)
             self.log.record({"step": self.global_step, **metrics}, kind="eval")
+            self.last_eval[prefix] = PredictionOutput(lg.numpy(), None if lb is None else lb.numpy(), metrics)
         return PredictionOutput(lg.numpy(), None if lb is None else lb.numpy(), metrics)
 
     # ------------------------------------------------------------ helpers

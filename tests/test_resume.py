@@ -1,0 +1,325 @@
+"""Nothing lost: atomic checkpoints, exact resumption after a real SIGKILL, graceful SIGINT/SIGTERM,
+the NaN guard, the best model and early stopping."""
+
+from __future__ import annotations
+
+import errno
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import toy_rows, write_csv
+from safetensors.torch import load_file
+
+from leantune.checkpoint import (
+    checkpoint_dirs,
+    resolve_checkpoint,
+    rotate_checkpoints,
+    verify_checkpoint,
+    write_checkpoint,
+)
+from leantune.cli import main
+from leantune.errors import LeantuneError
+
+# 96 rows in batches of 8: 12 steps an epoch, so checkpoints every 3 steps land mid-epoch and on epoch ends.
+EPOCHS = 10
+TRAIN_FLAGS = ["--epochs", str(EPOCHS), "--batch-size", "8", "--lr", "1e-3", "--logging-steps", "4", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("resume-data")
+    return write_csv(d / "train.csv", toy_rows(96, 0)), write_csv(d / "val.csv", toy_rows(24, 1))
+
+
+def _argv(model: str, files: tuple[Path, Path], out: Path, *extra: str) -> list[str]:
+    return ["train", "--model", model, "--train-file", str(files[0]), "--validation-file", str(files[1]),
+            "--output-dir", str(out), *TRAIN_FLAGS, *extra]
+
+
+def _popen(argv: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "leantune", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_bert, files, tmp_path_factory) -> Callable[[], Path]:
+    """The uninterrupted run, with no checkpoints at all (so saving is shown not to change the run either).
+
+    It starts at once in its own process and runs beside the test; calling the fixture waits for it.
+    """
+    out = tmp_path_factory.mktemp("reference") / "run"
+    p = _popen(_argv(tiny_bert, files, out))
+
+    def finished() -> Path:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+        return out
+
+    yield finished
+    if p.poll() is None:
+        p.kill()
+        p.communicate()
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    """Bit-identical final weights, and the same metrics and log records (timings aside)."""
+    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert wa.keys() == wb.keys()
+    diff = max(float((wa[k] - wb[k]).abs().max()) for k in wa)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa), f"max abs diff {diff}"
+
+    def timeless(rec: dict) -> dict:
+        return {k: v for k, v in rec.items() if not k.endswith(("runtime", "per_second"))}
+
+    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
+    assert [timeless(r) for r in ma["evaluations"]] == [timeless(r) for r in mb["evaluations"]]
+    assert timeless(ma["train"]) == timeless(mb["train"])
+    la, lb = ([timeless(json.loads(line)) for line in (d / "log.jsonl").read_text().splitlines()] for d in (a, b))
+    assert la == lb
+
+
+def _wait_for(path: Path, proc: subprocess.Popen | None = None, timeout: float = 120) -> None:
+    end = time.monotonic() + timeout
+    while not path.exists():
+        assert proc is None or proc.poll() is None, "the run ended before it could be interrupted"
+        assert time.monotonic() < end, f"{path} never appeared"
+        time.sleep(0.005)
+
+
+def test_sigkill_mid_epoch_then_resume_is_bit_identical(tiny_bert, files, reference, tmp_path):
+    out = tmp_path / "run"
+    flags = ["--save-strategy", "steps", "--save-steps", "3", "--save-total-limit", "3"]
+    p = _popen(_argv(tiny_bert, files, out, *flags))
+    _wait_for(out / "checkpoint-18", p)  # epoch 2, 6 batches in
+    p.send_signal(signal.SIGKILL)  # for real: no handler, no cleanup
+    p.communicate(timeout=60)
+    assert p.returncode == -signal.SIGKILL
+    assert not (out / "model.safetensors").exists()
+    steps = [int(c.name.split("-")[1]) for c in checkpoint_dirs(out)]
+    # --save-total-limit rotated the older ones away (one more when the kill came between a save and its rotation)
+    assert len(steps) <= 4 and max(steps) >= 18, steps
+
+    # The newest checkpoint is damaged after the fact: the resume names it in one line and takes the previous
+    # one, mid-epoch 2 (so that epoch's batch order is rebuilt and its first batches skipped).
+    newest = checkpoint_dirs(out)[-1]
+    weights = newest / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    r = subprocess.run([sys.executable, "-m", "leantune", *_argv(tiny_bert, files, out, *flags, "--resume")],
+                       capture_output=True, text=True, timeout=300, check=False)
+    assert r.returncode == 0, r.stderr
+    notes = [line for line in r.stderr.splitlines() if "not usable" in line]
+    assert len(notes) == 1 and newest.name in notes[0] and "model.safetensors is truncated" in notes[0], r.stderr
+    resumed = next(line for line in r.stderr.splitlines() if "resuming from" in line)
+    print(f"killed after {steps}; damaged {newest.name}; {resumed}")
+    assert_same_run(reference(), out)
+    assert not list(out.glob(".tmp-*")), "a save interrupted by the kill left its temporary directory"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_saves_at_a_step_boundary_exits_cleanly_and_resumes_exactly(sig, tiny_bert, files, reference,
+                                                                           tmp_path, capsys):
+    out = tmp_path / "run"
+
+    def interrupt() -> None:  # a real signal to this process once training is under way
+        _wait_for(out / "log.jsonl")
+        os.kill(os.getpid(), sig)
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    code = main(_argv(tiny_bert, files, out))  # --save-strategy no: the signal saves anyway
+    assert code == 128 + sig  # 143 for SIGTERM, 130 for SIGINT
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    ckpt = checkpoint_dirs(out)[-1]
+    assert last == (f"leantune: stopped by {signal.Signals(sig).name} at step {ckpt.name.split('-')[1]}; "
+                    f"checkpoint saved in {ckpt} (continue with --resume)")
+    assert verify_checkpoint(ckpt) is None and not (out / "model.safetensors").exists()
+    assert signal.getsignal(sig) in (signal.default_int_handler, signal.SIG_DFL)  # handlers given back
+    if sig == signal.SIGTERM:
+        assert main(_argv(tiny_bert, files, out, "--resume")) == 0
+        assert_same_run(reference(), out)
+
+
+def test_resume_into_another_directory_from_an_epoch_end(tiny_bert, files, reference, tmp_path):
+    first = tmp_path / "first"
+    assert main(_argv(tiny_bert, files, first, "--save-strategy", "epoch")) == 0
+    assert len(checkpoint_dirs(first)) == EPOCHS
+    assert_same_run(reference(), first)
+    again = tmp_path / "again"
+    assert main(_argv(tiny_bert, files, again, "--resume", str(first / "checkpoint-12"))) == 0
+    assert_same_run(reference(), again)
+
+
+def test_plain_shuffling_with_accumulation_resumes_exactly_too(tiny_bert, files, tmp_path):
+    flags = ["--epochs", "2", "--no-group-by-length", "--gradient-accumulation-steps", "2", "--eval-strategy", "steps",
+             "--eval-steps", "4"]
+    first = tmp_path / "first"
+    assert main(_argv(tiny_bert, files, first, *flags, "--save-strategy", "steps", "--save-steps", "5")) == 0
+    again = tmp_path / "again"  # checkpoint-5: 10 of the first epoch's 12 batches done
+    assert main(_argv(tiny_bert, files, again, *flags, "--resume", str(first / "checkpoint-5"))) == 0
+    assert_same_run(first, again)
+
+
+def _tiny_ckpt(d: Path) -> None:
+    for name in ("model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json", "trainer_state.pt"):
+        (d / name).write_bytes(os.urandom(64))
+
+
+def test_a_failed_save_leaves_the_previous_checkpoint_and_no_debris(tmp_path):
+    write_checkpoint(tmp_path, 3, _tiny_ckpt)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "checkpoint-3").iterdir()}
+
+    def disk_full(d: Path) -> None:
+        (d / "model.safetensors").write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        write_checkpoint(tmp_path, 6, disk_full)
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-3"]
+    assert {p.name: p.read_bytes() for p in (tmp_path / "checkpoint-3").iterdir()} == before
+    assert verify_checkpoint(tmp_path / "checkpoint-3") is None
+    assert resolve_checkpoint(True, tmp_path, print) == tmp_path / "checkpoint-3"
+
+
+@pytest.mark.parametrize("damage, problem", [
+    (lambda d: (d / "manifest.json").unlink(), "no manifest.json: its save did not finish"),
+    (lambda d: (d / "optimizer.pt").unlink(), "optimizer.pt is missing"),
+    (lambda d: (d / "scheduler.pt").write_bytes(b"x"), "scheduler.pt is truncated or changed (1 bytes, 64 expected)"),
+    (lambda d: (d / "trainer_state.pt").write_bytes(bytes(64)), "trainer_state.pt does not match its checksum"),
+    (lambda d: (d / "manifest.json").write_text("{"), "manifest.json is unreadable"),
+])
+def test_damaged_checkpoints_are_detected_and_skipped(tmp_path, damage, problem):
+    for step in (3, 6):
+        write_checkpoint(tmp_path, step, _tiny_ckpt)
+    damage(tmp_path / "checkpoint-6")
+    assert verify_checkpoint(tmp_path / "checkpoint-6") == problem
+    notes: list[str] = []
+    assert resolve_checkpoint("latest", tmp_path, notes.append) == tmp_path / "checkpoint-3"
+    assert notes == [f"{tmp_path / 'checkpoint-6'} is not usable ({problem}); trying the previous checkpoint"]
+    with pytest.raises(LeantuneError, match=f"--resume {tmp_path / 'checkpoint-6'}: not a usable checkpoint"):
+        resolve_checkpoint(tmp_path / "checkpoint-6", tmp_path, print)
+
+
+def test_rotation_keeps_the_newest_and_the_best(tmp_path):
+    for step in (3, 6, 9, 12):
+        write_checkpoint(tmp_path, step, _tiny_ckpt)
+    rotate_checkpoints(tmp_path, 2, keep=[tmp_path / "checkpoint-3"])
+    assert [c.name for c in checkpoint_dirs(tmp_path)] == ["checkpoint-3", "checkpoint-12"]
+    rotate_checkpoints(tmp_path, 1, keep=[])
+    assert [c.name for c in checkpoint_dirs(tmp_path)] == ["checkpoint-12"]
+
+
+# ---------------------------------------------------------------- Trainer API: NaN guard, best model
+
+
+def _trainer(model_dir: str, out: Path, compute_metrics=None, **kw):
+    from datasets import Dataset, DatasetDict
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from leantune import Trainer, TrainingArguments, build_compute_metrics, tokenize
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    raw = DatasetDict({"train": Dataset.from_list(toy_rows(48, 0)), "validation": Dataset.from_list(toy_rows(16, 1))})
+    data = tokenize(raw, tok, ("sentence1", "sentence2"))
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2)
+    defaults = {"num_train_epochs": 2, "learning_rate": 1e-3, "per_device_train_batch_size": 8, "logging_steps": 2,
+                "seed": 0, "disable_tqdm": True}
+    args = TrainingArguments(str(out), **{**defaults, **kw})
+    return Trainer(model, args, train_dataset=data["train"], eval_dataset=data["validation"], processing_class=tok,
+                   compute_metrics=compute_metrics or build_compute_metrics("mrpc"))
+
+
+def _poison(trainer, forward_number: int) -> None:
+    """Make the classifier's output NaN on the given training forward pass (1-based)."""
+    calls = {"n": 0}
+
+    def hook(module, inputs, output):
+        if module.training:
+            calls["n"] += 1
+            if calls["n"] == forward_number:
+                return output * float("nan")
+        return output
+
+    trainer.model.classifier.register_forward_hook(hook)
+
+
+def test_nonfinite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tiny_bert, tmp_path):
+    trainer = _trainer(tiny_bert, tmp_path / "out", save_strategy="steps", save_steps=3)
+    _poison(trainer, 5)
+    with pytest.raises(LeantuneError) as e:
+        trainer.train()
+    msg = str(e.value)
+    assert msg.startswith("non-finite loss or gradient at step 5 (loss nan, gradient norm nan)")
+    assert f"the last good checkpoint is {tmp_path / 'out' / 'checkpoint-3'}" in msg and "--skip-nonfinite" in msg
+    assert [c.name for c in checkpoint_dirs(tmp_path / "out")] == ["checkpoint-3"]
+    assert verify_checkpoint(tmp_path / "out" / "checkpoint-3") is None
+
+
+def test_skip_nonfinite_skips_and_counts_the_step(tiny_bert, tmp_path):
+    trainer = _trainer(tiny_bert, tmp_path / "out", skip_nonfinite=True, eval_strategy="no")
+    _poison(trainer, 5)
+    result = trainer.train()
+    assert result.metrics["skipped_steps"] == 1 and result.global_step == 12
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    losses = [r["loss"] for r in trainer.log_history if r["kind"] == "train"]
+    assert len(losses) == 6 and all(math.isfinite(x) for x in losses)  # the skipped step is not averaged in
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["train"]["skipped_steps"] == 1
+
+
+def test_best_model_is_kept_through_rotation_and_restored_and_early_stopping(tiny_bert, tmp_path):
+    scores = iter([0.5, 0.9, 0.7, 0.6, 0.8, 0.95])
+
+    def compute_metrics(_):  # a scripted metric: best at the 2nd evaluation, then two without improvement
+        return {"score": next(scores)}
+
+    out = tmp_path / "out"
+    trainer = _trainer(tiny_bert, out, compute_metrics, num_train_epochs=6, save_strategy="epoch", save_total_limit=1,
+                       load_best_model_at_end=True, metric_for_best_model="score", early_stopping_patience=2)
+    result = trainer.train()
+    evals = [r for r in trainer.log_history if r["kind"] == "eval"]
+    assert [r["eval_score"] for r in evals] == [0.5, 0.9, 0.7, 0.6]  # stopped after 2 evaluations without a best
+    assert result.metrics["best_step"] == 12 and result.metrics["best_eval_score"] == 0.9
+    assert [c.name for c in checkpoint_dirs(out)] == ["checkpoint-12", "checkpoint-24"]  # best + newest
+    best = load_file(out / "checkpoint-12" / "model.safetensors")
+    assert all(torch.equal(best[k], v) for k, v in trainer.model.state_dict().items() if k in best)
+    last = load_file(out / "checkpoint-24" / "model.safetensors")
+    assert not all(torch.equal(last[k], best[k]) for k in best)
+
+
+def test_resume_refuses_a_different_data_order(tiny_bert, tmp_path):
+    trainer = _trainer(tiny_bert, tmp_path / "out", save_strategy="steps", save_steps=3, max_steps=3)
+    trainer.train()
+    other = _trainer(tiny_bert, tmp_path / "out", per_device_train_batch_size=4)
+    with pytest.raises(LeantuneError, match=r"checkpoint-3: it was trained with --per-device-train-batch-size 8, "
+                                            r"now 4; resume with the same value"):
+        other.train(resume_from_checkpoint=True)
+
+
+def test_a_fresh_overwrite_run_removes_the_old_checkpoints(tiny_bert, files, tmp_path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(Path(tiny_bert), out / "checkpoint-999")  # a previous run's leftovers
+    r = main(_argv(tiny_bert, files, out, "--max-steps", "2"))
+    assert r == 2 and "holds a previous run (checkpoint-999); pass --overwrite-output-dir to replace it (or " \
+                      "--resume to continue it)" in capsys.readouterr().err
+    assert main(_argv(tiny_bert, files, out, "--max-steps", "2", "--overwrite-output-dir")) == 0
+    assert checkpoint_dirs(out) == [] and "removed 1 checkpoint(s)" in capsys.readouterr().err
+
+
+def test_the_gpu_guard_reports_the_first_bad_step_without_reading_back_each_step():
+    from leantune.control import NonFiniteGuard
+
+    guard = NonFiniteGuard(skip=False, device=torch.device("cpu"))
+    guard.lazy = True  # what a CUDA device gets: bad steps are remembered on the device until a flush
+    nan, ok = torch.tensor(float("nan")), torch.tensor(1.0)
+    assert guard.check(1, ok, ok) and guard.check(2, ok, nan) and guard.check(3, nan, ok)  # no exception yet
+    with pytest.raises(LeantuneError, match=r"^non-finite loss or gradient at step 2; no checkpoint was saved"):
+        guard.flush()
