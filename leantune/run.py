@@ -106,8 +106,8 @@ def train(data_args: DataArguments, args: TrainingArguments) -> tuple[TrainOutpu
     if fresh and (removed := remove_checkpoints(out)):
         trainer.log.info(f"removed {removed} checkpoint(s) of the previous run in {out}")
     result = trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.save_model(str(out))  # every process: it writes on the main one, then all wait for it
     if trainer.accelerator.is_main_process:
-        trainer.save_model(str(out))
         save_config(out / CONFIG_FILE, training=args, data=data_args, labels=list(info.label_names or []),
                     text_columns=list(info.text_columns), environment=environment())
         finish_run(out, trainer, dsd, raw, info)  # eval_predictions.jsonl, lengths.json, report.html
@@ -147,7 +147,7 @@ def evaluate(data_args: DataArguments, args: TrainingArguments, split: str = "va
     trainer, _, dsd = _trained(data_args, args)
     metrics = trainer.evaluate(_split(dsd, split))
     trainer.log.info(" ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
-    if write:
+    if write and trainer.accelerator.is_main_process:
         out = Path(args.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / f"eval_{split}_metrics.json", metrics)
@@ -159,7 +159,9 @@ def predict(data_args: DataArguments, args: TrainingArguments, split: str = "tes
     check_output_dir(out, args.overwrite_output_dir)
     trainer, info, dsd = _trained(data_args, args)
     ds = _split(dsd, split)
-    result = trainer.predict(ds)
+    result = trainer.predict(ds)  # every process computes its share; all get the gathered result
+    if not trainer.accelerator.is_main_process:
+        return result
     out.mkdir(parents=True, exist_ok=True)
     write_predictions(out, result.predictions, info, ds["idx"] if "idx" in ds.column_names else None)
     if result.label_ids is not None:

@@ -53,7 +53,9 @@ from leantune.collate import (
 )
 from leantune.config import TrainingArguments
 from leantune.control import BestTracker, GracefulStop, NonFiniteGuard, signal_name
+from leantune.distributed import ShardedBatchSampler, eval_batches, gather_outputs, set_threads_per_process
 from leantune.errors import LeantuneError, TrainingInterrupted
+from leantune.fastpath import fast_training
 from leantune.metrics import EvalPrediction
 from leantune.runlog import RunLog
 
@@ -87,7 +89,9 @@ class Trainer:
         self.args = args or TrainingArguments()
         check_precision(self.args)
         self.processing_class = processing_class if processing_class is not None else tokenizer
-        self.accelerator = Accelerator(mixed_precision=self.args.mixed_precision)
+        set_threads_per_process()
+        # cpu=True lets torchrun/accelerate launch run several CPU processes (gloo) where there is no GPU
+        self.accelerator = Accelerator(mixed_precision=self.args.mixed_precision, cpu=not torch.cuda.is_available())
         set_seed(self.args.seed)
         self.model = model
         self.train_dataset, self.eval_dataset = train_dataset, eval_dataset
@@ -120,16 +124,19 @@ class Trainer:
         total = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * steps_per_epoch)
         scheduler = build_scheduler(optimizer, args, total)
         model = torch.compile(self.model) if args.torch_compile else self.model
-        model, optimizer, loader, scheduler = acc.prepare(model, optimizer, loader, scheduler)
-        self.log.info(f"training: {len(self.train_dataset)} examples, {total} steps, batch "
-                      f"{args.per_device_train_batch_size} x {acc.num_processes} process(es) x "
-                      f"{args.gradient_accumulation_steps} accumulation")
+        # The loader is ours (each process already takes its slice of every global batch) and so is the
+        # scheduler: Accelerate would step a prepared one once per process at every optimizer step.
+        model, optimizer = acc.prepare(model, optimizer)
+        self.log.info(f"training: {len(self.train_dataset)} examples, {total} steps, global batch "
+                      f"{self.global_batch_size} = {args.per_device_train_batch_size} per device x "
+                      f"{acc.num_processes} process(es) x {args.gradient_accumulation_steps} accumulation")
         stats = _Stats(acc.device)
         self._begin_control()
         resume = args.resume_from_checkpoint if resume_from_checkpoint is None else resume_from_checkpoint
         position, runtime_before = self._resume(resume, model, optimizer, scheduler, stats)
         self._start = start = time.perf_counter() - runtime_before
-        with self._stop:
+        fast = args.fast_dropout and acc.device.type == "cpu"
+        with self._stop, fast_training(acc.unwrap_model(model), enabled=fast):
             for epoch in range(position.epoch, math.ceil(total / steps_per_epoch)):
                 sampler.set_epoch(epoch)
                 # Accelerate's loader re-sets its sampler's epoch to the count of its own passes when a pass
@@ -137,7 +144,7 @@ class Trainer:
                 getattr(loader, "set_epoch", sampler.set_epoch)(epoch)
                 skip = position.batches if epoch == position.epoch else 0
                 # resumed at the last step: only the end of its epoch (evaluation, save) remains
-                sampler.skip_next_epoch(len(sampler) if self.global_step >= total else skip * acc.num_processes)
+                sampler.skip_next_epoch(len(sampler) if self.global_step >= total else skip)
                 stop = self._train_epoch(model, optimizer, scheduler, loader, stats, epoch, steps_per_epoch, total,
                                          skip)
                 if stop or self.global_step >= total:
@@ -145,6 +152,7 @@ class Trainer:
         self._guard.flush()
         runtime = time.perf_counter() - start
         metrics = stats.summary(runtime, self.epoch, acc)
+        metrics["global_batch_size"] = self.global_batch_size
         if args.skip_nonfinite:
             metrics["skipped_steps"] = self._guard.skipped
         metrics.update(self._load_best(model))
@@ -220,9 +228,11 @@ class Trainer:
         # dropout masks) checkpoints restore at step boundaries.
         common = {"collate_fn": self.data_collator, "num_workers": args.dataloader_num_workers,
                   "generator": torch.Generator().manual_seed(args.seed)}
-        inner = LengthGroupedBatchSampler(lengths_of(ds), bs, seed=args.seed) if args.group_by_length else \
-            ShuffledBatchSampler(len(ds), bs, seed=args.seed)
-        sampler = ResumableBatchSampler(inner)
+        # Every process draws the same global batches and takes its own slice of each (distributed.py).
+        world = self.accelerator.num_processes
+        inner = LengthGroupedBatchSampler(lengths_of(ds), bs * world, seed=args.seed) if args.group_by_length \
+            else ShuffledBatchSampler(len(ds), bs * world, seed=args.seed)
+        sampler = ResumableBatchSampler(ShardedBatchSampler(inner, self.accelerator.process_index, world))
         return DataLoader(ds, batch_sampler=sampler, **common), sampler
 
     # ------------------------------------------------------------ checkpoints, stopping, best model
@@ -354,8 +364,9 @@ class Trainer:
         bs = args.per_device_eval_batch_size
         batches = sorted_batches(lengths_of(ds), bs) if args.group_by_length else \
             [list(range(i, min(i + bs, len(ds)))) for i in range(0, len(ds), bs)]
-        loader = acc.prepare_data_loader(DataLoader(_WithPositions(ds), batch_sampler=batches,
-                                                    collate_fn=self.data_collator))
+        mine = eval_batches(batches, acc.process_index, acc.num_processes)  # each example on one process
+        loader = DataLoader(_WithPositions(ds), batch_sampler=mine, collate_fn=self.data_collator)
+        model = acc.unwrap_model(model)  # no DDP wrapper: processes run different numbers of batches
         model.eval()
         start = time.perf_counter()
         logits, labels, positions = [], [], []
@@ -364,8 +375,10 @@ class Trainer:
                 pos = batch.pop("_pos")
                 out = model(**self._model_inputs(batch, with_labels=False))
                 # kept on the device; one transfer at the end instead of a sync per batch
-                lg, lb, ps = acc.gather_for_metrics((out.logits.float(), batch.get("labels", pos), pos))
-                logits.append(lg), labels.append(lb), positions.append(ps)
+                logits.append(out.logits.float()), labels.append(batch.get("labels", pos)), positions.append(pos)
+        # one gather of every process's outputs; _finish_eval puts them back in the dataset's order
+        parts = gather_outputs(acc, [[t.cpu() for t in ts] for ts in (logits, labels, positions)])
+        logits, labels, positions = ([t for p in parts[k::3] for t in p] for k in range(3))
         runtime = time.perf_counter() - start
         return self._finish_eval(logits, labels, positions, labelled, prefix, runtime, log)
 
@@ -403,7 +416,15 @@ class Trainer:
         return ds.remove_columns(extra) if extra else ds
 
     def _model_inputs(self, batch: dict[str, torch.Tensor], with_labels: bool = True) -> dict[str, torch.Tensor]:
-        return {k: v for k, v in batch.items() if k in self._forward_args and (with_labels or k != "labels")}
+        device = self.accelerator.device
+        return {k: v.to(device, non_blocking=True) for k, v in batch.items()
+                if k in self._forward_args and (with_labels or k != "labels")}
+
+    @property
+    def global_batch_size(self) -> int:
+        """Examples per optimizer step, over all processes."""
+        a = self.args
+        return a.per_device_train_batch_size * self.accelerator.num_processes * a.gradient_accumulation_steps
 
     def save_model(self, output_dir: str | None = None) -> Path:
         """Save the model (safetensors) and tokenizer so `from_pretrained(output_dir)` loads them."""

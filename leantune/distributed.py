@@ -1,0 +1,76 @@
+"""Several processes (torchrun / accelerate launch): who gets which examples, and gathering results.
+
+Training: every process walks the same sequence of *global* batches (per-device batch x world size,
+drawn from the same seeded sampler) and takes its own contiguous slice of each. So N processes x
+batch B take the same optimizer steps as 1 process x batch N*B, length grouping included.
+
+Evaluation: process r takes the length-sorted batches r, r + N, r + 2N, ...; each example is computed
+exactly once, and one gather at the end brings the outputs together, put back in the dataset's order
+by position. Nothing is padded with duplicates, so nothing has to be dropped again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+
+
+class ShardedBatchSampler:
+    """This process's contiguous slice of each global batch from `inner`.
+
+        >>> list(ShardedBatchSampler([[0, 1, 2, 3], [4, 5, 6]], rank=1, world_size=2))
+        [[2, 3], [6]]
+
+    A final global batch smaller than the world size is topped up from its own start, so every process
+    gets a batch at every step (DDP needs all of them in each backward).
+    """
+
+    def __init__(self, inner: Any, rank: int, world_size: int) -> None:
+        self.inner, self.rank, self.world = inner, rank, world_size
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.inner, "set_epoch"):
+            self.inner.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.inner:
+            yield shard(list(batch), self.rank, self.world)
+
+
+def shard(batch: list[int], rank: int, world: int) -> list[int]:
+    """The rank's contiguous part of `batch` (sizes differ by at most one)."""
+    if world == 1:
+        return batch
+    while len(batch) < world:
+        batch = batch + batch[: world - len(batch)]
+    size, extra = divmod(len(batch), world)
+    start = rank * size + min(rank, extra)
+    return batch[start:start + size + (rank < extra)]
+
+
+def eval_batches(batches: Sequence[list[int]], rank: int, world: int) -> list[list[int]]:
+    """Whole evaluation batches, dealt round-robin: each example goes to exactly one process."""
+    return list(batches[rank::world])
+
+
+def gather_outputs(acc: Any, parts: list[Any]) -> list[Any]:
+    """Everyone's list of outputs, concatenated (one collective call; a no-op on one process)."""
+    if acc.num_processes == 1:
+        return parts
+    from accelerate.utils import gather_object
+
+    return gather_object(parts)
+
+
+def set_threads_per_process() -> None:
+    """N processes on one CPU machine share its cores instead of each taking all of them."""
+    import os
+
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if local_world > 1 and not torch.cuda.is_available() and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
