@@ -65,7 +65,9 @@ def run_hf(args, best: bool):
 
     model_dir, tok, data = load(args)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2)
-    extra = {"group_by_length": True, "torch_compile": True, "optim": "adamw_torch_fused"} if best else {}
+    # transformers 5 spells group_by_length=True as train_sampling_strategy="group_by_length"
+    extra = {"train_sampling_strategy": "group_by_length", "torch_compile": True, "optim": "adamw_torch_fused"} \
+        if best else {}
     targs = TrainingArguments(args.out, num_train_epochs=args.epochs, per_device_train_batch_size=8,
                               per_device_eval_batch_size=8, learning_rate=5e-5, seed=args.seed, eval_strategy="no",
                               save_strategy="no", report_to="none", logging_steps=50, disable_tqdm=True,

@@ -47,10 +47,18 @@ def save_pretrained_atomic(model: Any, tokenizer: Any, out: Path) -> None:
         raise LeantuneError(f"cannot save the model to {out}: {e.strerror or e}; the files already there are "
                             f"unchanged") from None
     else:
+        mode = 0o666 & ~_umask()  # the weights come out owner-only (0600); the model is meant to be shared
         for f in sorted(tmp.iterdir()):
+            os.chmod(f, mode)
             os.replace(f, out / f.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 # ---------------------------------------------------------------- training checkpoints ------------
@@ -362,7 +370,7 @@ def load_weights(model: torch.nn.Module, file: Path) -> None:
 
 
 def stats_state(stats: Any) -> dict[str, Any]:
-    """The running loss/throughput counters of a training `_Stats` (tensors and numbers; not its clock)."""
+    """The running loss/throughput counters of a training `TrainStats` (tensors and numbers; not its clock)."""
     keep = (torch.Tensor, int, float, bool, type(None))
     return {k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v)
             for k, v in vars(stats).items() if isinstance(v, keep) and k != "t_last"}

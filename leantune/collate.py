@@ -171,3 +171,38 @@ class ResumableBatchSampler:
     def __iter__(self) -> Iterator[list[int]]:
         skip, self._skip = self._skip, 0  # only the resumed epoch is shortened
         return itertools.islice(iter(self.sampler), skip, None)
+
+
+def lengths_of(ds: Any) -> list[int]:
+    """Token count of each row, read from Arrow without decoding the rows."""
+    import pyarrow.compute as pc
+
+    col = ds.with_format("arrow")[:]["input_ids"]
+    return pc.list_value_length(col).to_pylist()
+
+
+def has_labels(ds: Any) -> bool:
+    """A split has labels unless it has none or all are -1 (the GLUE test splits)."""
+    if "label" not in ds.column_names:
+        return "labels" in ds.column_names
+    import pyarrow.compute as pc
+
+    col = ds.with_format("arrow")[:]["label"]
+    return bool(pc.any(pc.not_equal(col, -1)).as_py())
+
+
+class WithPositions(torch.utils.data.Dataset):
+    """Rows plus their position, so evaluation can run in any batch order and restore the original."""
+
+    def __init__(self, ds: Any) -> None:
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {**self.ds[i], "_pos": i}
+
+    def __getitems__(self, idx: list[int]) -> list[dict[str, Any]]:
+        rows = self.ds[idx]  # one Arrow read for the whole batch
+        return [{**{k: v[j] for k, v in rows.items()}, "_pos": i} for j, i in enumerate(idx)]

@@ -69,7 +69,7 @@ def save_eval_predictions(out: Path, last_eval: dict[str, Any], raw: Any, info: 
 
 def save_lengths(out: Path, train_ds: Any, args: Any) -> None:
     """OUT/lengths.json: how many training examples have each token length (a histogram, not a list)."""
-    from leantune.trainer import lengths_of
+    from leantune.collate import lengths_of
 
     counts = Counter(lengths_of(train_ds))
     data = {"split": "train", "counts": {str(k): v for k, v in sorted(counts.items())},

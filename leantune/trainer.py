@@ -49,6 +49,9 @@ from leantune.collate import (
     LengthGroupedBatchSampler,
     ResumableBatchSampler,
     ShuffledBatchSampler,
+    WithPositions,
+    has_labels,
+    lengths_of,
     sorted_batches,
 )
 from leantune.config import TrainingArguments
@@ -57,7 +60,9 @@ from leantune.distributed import ShardedBatchSampler, eval_batches, gather_outpu
 from leantune.errors import LeantuneError, TrainingInterrupted
 from leantune.fastpath import fast_training
 from leantune.metrics import EvalPrediction
+from leantune.optim import build_optimizer, build_scheduler, check_precision
 from leantune.runlog import RunLog
+from leantune.stats import TrainStats
 
 
 class TrainOutput(NamedTuple):
@@ -130,7 +135,7 @@ class Trainer:
         self.log.info(f"training: {len(self.train_dataset)} examples, {total} steps, global batch "
                       f"{self.global_batch_size} = {args.per_device_train_batch_size} per device x "
                       f"{acc.num_processes} process(es) x {args.gradient_accumulation_steps} accumulation")
-        stats = _Stats(acc.device)
+        stats = TrainStats(acc.device)
         self._begin_control()
         resume = args.resume_from_checkpoint if resume_from_checkpoint is None else resume_from_checkpoint
         position, runtime_before = self._resume(resume, model, optimizer, scheduler, stats)
@@ -160,7 +165,7 @@ class Trainer:
         self.model = acc.unwrap_model(model)
         return TrainOutput(self.global_step, metrics["train_loss"], metrics)
 
-    def _train_epoch(self, model, optimizer, scheduler, loader, stats: _Stats, epoch: int,
+    def _train_epoch(self, model, optimizer, scheduler, loader, stats: TrainStats, epoch: int,
                      steps_per_epoch: int, total: int, skip: int = 0) -> bool:
         """One epoch from batch `skip` on (a resumed one skips those already trained on); True to stop."""
         args, acc = self.args, self.accelerator
@@ -245,7 +250,7 @@ class Trainer:
             self._best = BestTracker(args.metric_for_best_model or "loss", args.greater_is_better,
                                      args.early_stopping_patience)
 
-    def _grad_norm(self, model, stats: _Stats) -> torch.Tensor | None:
+    def _grad_norm(self, model, stats: TrainStats) -> torch.Tensor | None:
         """The gradient norm (clipping to --max-grad-norm); None under fp16, whose grad scaler skips
         steps with inf/NaN gradients by design."""
         acc, args = self.accelerator, self.args
@@ -257,7 +262,7 @@ class Trainer:
             return stats.grad_norm
         return torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
 
-    def _boundary(self, due: bool, model, optimizer, scheduler, stats: _Stats, position: Position) -> bool:
+    def _boundary(self, due: bool, model, optimizer, scheduler, stats: TrainStats, position: Position) -> bool:
         """After a step or an epoch: save when due, at a new best, or on SIGINT/SIGTERM (then stop with
         TrainingInterrupted); True when early stopping ends training here."""
         new_best, self._new_best = self._new_best, False
@@ -275,7 +280,7 @@ class Trainer:
             return True
         return False
 
-    def _save_checkpoint(self, model, optimizer, scheduler, stats: _Stats, position: Position) -> Path:
+    def _save_checkpoint(self, model, optimizer, scheduler, stats: TrainStats, position: Position) -> Path:
         """OUTPUT_DIR/checkpoint-STEP with everything needed to continue exactly from here (main process
         writes; every process takes part, as each one's RNG state and loss stats go in)."""
         from accelerate.utils import gather_object
@@ -305,7 +310,7 @@ class Trainer:
         self._guard.last_checkpoint = str(path)
         return path
 
-    def _resume(self, value: str | bool | None, model, optimizer, scheduler, stats: _Stats) -> tuple[Position, float]:
+    def _resume(self, value: str | bool | None, model, optimizer, scheduler, stats: TrainStats) -> tuple[Position, float]:
         """Restore a checkpoint's whole training state (RNG last); the position to continue from and the
         seconds trained before. Without one: a fresh start (and leftovers of a crashed save go)."""
         acc, out = self.accelerator, Path(self.args.output_dir)
@@ -365,7 +370,7 @@ class Trainer:
         batches = sorted_batches(lengths_of(ds), bs) if args.group_by_length else \
             [list(range(i, min(i + bs, len(ds)))) for i in range(0, len(ds), bs)]
         mine = eval_batches(batches, acc.process_index, acc.num_processes)  # each example on one process
-        loader = DataLoader(_WithPositions(ds), batch_sampler=mine, collate_fn=self.data_collator)
+        loader = DataLoader(WithPositions(ds), batch_sampler=mine, collate_fn=self.data_collator)
         model = acc.unwrap_model(model)  # no DDP wrapper: processes run different numbers of batches
         model.eval()
         start = time.perf_counter()
@@ -435,122 +440,3 @@ class Trainer:
             save_pretrained_atomic(self.accelerator.unwrap_model(self.model), self.processing_class, out)
         self.accelerator.wait_for_everyone()
         return out
-
-
-# ---------------------------------------------------------------- building blocks -----------------
-
-
-def check_precision(args: TrainingArguments) -> None:
-    """Refuse a mixed precision this machine cannot run, before any work starts."""
-    if args.fp16 and not torch.cuda.is_available():
-        raise LeantuneError("--fp16 needs a CUDA GPU and none was found (on CPU, try --bf16)")
-    if args.bf16:
-        if torch.cuda.is_available():
-            if not torch.cuda.is_bf16_supported():
-                raise LeantuneError("--bf16: this GPU does not support bfloat16 (use --fp16)")
-        elif not (torch.backends.cpu.get_cpu_capability().startswith("AVX512") or _cpu_has_amx()):
-            raise LeantuneError("--bf16 on CPU needs AVX512-BF16 or AMX; this CPU has neither")
-
-
-def _cpu_has_amx() -> bool:
-    try:
-        return bool(torch._C._cpu._is_amx_tile_supported())
-    except AttributeError:
-        return False
-
-
-def build_optimizer(model: torch.nn.Module, args: TrainingArguments) -> torch.optim.Optimizer:
-    """AdamW; biases and LayerNorm weights get no weight decay (the usual BERT recipe)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
-    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    kernel = {"fused": True} if args.optim == "adamw_torch_fused" else {"foreach": True}
-    return torch.optim.AdamW(groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-                             eps=args.adam_epsilon, **kernel)
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, args: TrainingArguments, total_steps: int):
-    from transformers import get_scheduler
-
-    warmup = args.warmup_steps or math.ceil(args.warmup_ratio * total_steps)
-    return get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
-
-
-def lengths_of(ds: Any) -> list[int]:
-    """Token count of each row, read from Arrow without decoding the rows."""
-    import pyarrow.compute as pc
-
-    col = ds.with_format("arrow")[:]["input_ids"]
-    return pc.list_value_length(col).to_pylist()
-
-
-def has_labels(ds: Any) -> bool:
-    """A split has labels unless it has none or all are -1 (the GLUE test splits)."""
-    if "label" not in ds.column_names:
-        return "labels" in ds.column_names
-    import pyarrow.compute as pc
-
-    col = ds.with_format("arrow")[:]["label"]
-    return bool(pc.any(pc.not_equal(col, -1)).as_py())
-
-
-class _WithPositions(torch.utils.data.Dataset):
-    """Rows plus their position, so evaluation can run in any batch order and restore the original."""
-
-    def __init__(self, ds: Any) -> None:
-        self.ds = ds
-
-    def __len__(self) -> int:
-        return len(self.ds)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return {**self.ds[i], "_pos": i}
-
-    def __getitems__(self, idx: list[int]) -> list[dict[str, Any]]:
-        rows = self.ds[idx]  # one Arrow read for the whole batch
-        return [{**{k: v[j] for k, v in rows.items()}, "_pos": i} for j, i in enumerate(idx)]
-
-
-class _Stats:
-    """Running training statistics, kept on the device so the loop never waits for the host."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.loss_sum = torch.zeros((), device=device)
-        self.total_loss = torch.zeros((), device=device)
-        self.real_tokens = torch.zeros((), dtype=torch.long, device=device)
-        self.micro = self.total_micro = self.samples = self.padded_tokens = 0
-        self.grad_norm: torch.Tensor | float | None = None
-        self.t_last = time.perf_counter()
-        self.samples_last = 0
-
-    def add(self, loss: torch.Tensor, batch: dict[str, torch.Tensor]) -> None:
-        self.loss_sum += loss
-        self.micro += 1
-        self.samples += batch["input_ids"].shape[0]
-        self.padded_tokens += batch["input_ids"].numel()
-        if "attention_mask" in batch:
-            self.real_tokens += batch["attention_mask"].sum()
-
-    def log_record(self, step: int, epoch: float, lr: float) -> dict[str, float]:
-        now = time.perf_counter()
-        rec = {"step": step, "epoch": round(epoch, 4), "loss": round(float(self.loss_sum) / max(self.micro, 1), 6),
-               "learning_rate": lr, "samples_per_second": round((self.samples - self.samples_last) / (now - self.t_last), 3)}
-        if self.grad_norm is not None:
-            rec["grad_norm"] = round(float(self.grad_norm), 6)
-        self.total_loss += self.loss_sum
-        self.total_micro += self.micro
-        self.loss_sum.zero_()
-        self.micro, self.t_last, self.samples_last = 0, now, self.samples
-        return rec
-
-    def summary(self, runtime: float, epoch: float, acc: Accelerator) -> dict[str, float]:
-        loss = float(self.total_loss + self.loss_sum) / max(self.total_micro + self.micro, 1)
-        real = int(self.real_tokens) or self.padded_tokens
-        n = acc.num_processes
-        return {"train_runtime": round(runtime, 4), "train_samples_per_second": round(self.samples * n / runtime, 3),
-                "train_tokens_per_second": round(real * n / runtime, 1),
-                "train_padding_waste": round(1 - real / max(self.padded_tokens, 1), 4),
-                "train_loss": round(loss, 6), "epoch": round(epoch, 4),
-                "world_size": n}

@@ -89,3 +89,43 @@ def test_two_process_predict_writes_each_index_once_in_order(no_dropout_bert, fi
     assert len(p2) == 38
     for x, y in zip(p1[1:], p2[1:]):
         assert max(abs(float(u) - float(v)) for u, v in zip(x.split("\t")[1:], y.split("\t")[1:])) < 1e-5
+
+
+def test_two_process_kill_and_resume_matches_the_uninterrupted_run(tiny_bert, files, tmp_path):
+    """SIGKILL the whole 2-process job once a checkpoint exists, resume under 2 processes: same weights.
+
+    Rank 0's RNG state stands for both ranks: every process seeds alike and the fast CPU dropout draws
+    one number per mask from torch's generator, whatever the slice's shape, so the ranks' states agree
+    at every step boundary.
+    """
+    import os
+    import signal
+    import time
+
+    train, val, _ = files
+    flags = ["train", "--model", tiny_bert, "--train-file", str(train), "--validation-file", str(val),
+             "--epochs", "10", "--batch-size", "4", "--lr", "1e-3", "--logging-steps", "2", "--quiet"]
+    ref = torchrun(2, *flags, "--output-dir", str(tmp_path / "ref"))
+    assert ref.returncode == 0, ref.stderr[-2000:]
+
+    out = tmp_path / "killed"
+    ckpt = ["--save-strategy", "steps", "--save-steps", "5"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "leantune",
+           *flags, "--output-dir", str(out), *ckpt]
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while not (out / "checkpoint-30").exists():  # epoch 4 of 10, mid-epoch (8 steps an epoch)
+        assert p.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
+        time.sleep(0.01)
+    os.killpg(p.pid, signal.SIGKILL)  # the launcher and both workers, for real
+    p.wait(timeout=60)
+    assert not (out / "model.safetensors").exists()
+
+    resumed = torchrun(2, *flags, "--output-dir", str(out), *ckpt, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = load_file(tmp_path / "ref" / "model.safetensors"), load_file(out / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a), max((a[k] - b[k]).abs().max().item() for k in a)
+    ea = json.loads((tmp_path / "ref" / "metrics.json").read_text())["evaluations"]
+    eb = json.loads((out / "metrics.json").read_text())["evaluations"]
+    assert [(r["step"], r["eval_loss"], r["eval_accuracy"]) for r in ea] == \
+        [(r["step"], r["eval_loss"], r["eval_accuracy"]) for r in eb]

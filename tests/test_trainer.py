@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -102,6 +103,9 @@ def test_saved_model_reloads_with_transformers(tiny_bert, tmp_path):
     again = Trainer(reloaded, trainer.args, processing_class=trainer.processing_class).predict(data["validation"])
     np.testing.assert_allclose(before, again.predictions, atol=1e-5)
     assert not [p for p in out.iterdir() if p.name.startswith(".saving")]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (out / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask  # readable as other files are
 
 
 @pytest.mark.parametrize("kw, message", [
