@@ -265,7 +265,7 @@ ORDER_FIELDS = ("seed", "per_device_train_batch_size", "gradient_accumulation_st
 # Flags that may change between a run and its resumption without a note.
 FREE_FIELDS = ("output_dir", "overwrite_output_dir", "resume_from_checkpoint", "disable_tqdm", "report_to",
                "dataloader_num_workers", "per_device_eval_batch_size", "save_strategy", "save_steps",
-               "save_total_limit")
+               "save_total_limit", "ddp_timeout")
 
 
 def check_resumable(state: dict[str, Any], path: Path, now: dict[str, Any], rows: int, processes: int,

@@ -67,6 +67,8 @@ class TrainingArguments:
     fast_dropout: bool = arg(True, "On CPU, draw dropout masks from a fast generator (same Bernoulli(p), another "
                                    "random stream; see leantune/fastpath.py).")
     dataloader_num_workers: int = arg(0, "Worker processes for loading batches (0: in the main process).")
+    ddp_timeout: int = arg(1800, "Seconds the processes of a distributed run wait for each other (joining the "
+                                 "group, collectives) before giving up with an error.")
     disable_tqdm: bool = arg(False, "No progress bars and no periodic training-loss lines (evaluation lines and "
                                     "errors still print).", aliases=["--quiet"])
     report_to: str = arg("none", "Also log to TensorBoard (event files in OUTPUT_DIR/runs).",

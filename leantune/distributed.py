@@ -67,6 +67,30 @@ def gather_outputs(acc: Any, parts: list[Any]) -> list[Any]:
     return gather_object(parts)
 
 
+def make_accelerator(args: Any) -> Any:
+    """The Accelerator, joining the process group a launcher set up; a launcher that is misconfigured
+    (no master at MASTER_ADDR:MASTER_PORT, a rank that never comes) ends in one line after --ddp-timeout."""
+    import os
+    from datetime import timedelta
+
+    from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
+
+    from leantune.errors import LeantuneError
+
+    kwargs = InitProcessGroupKwargs(timeout=timedelta(seconds=args.ddp_timeout))
+    try:
+        # cpu=True lets torchrun/accelerate launch run several CPU processes (gloo) where there is no GPU
+        return Accelerator(mixed_precision=args.mixed_precision, cpu=not torch.cuda.is_available(),
+                           kwargs_handlers=[kwargs])
+    except (RuntimeError, ValueError, OSError) as e:
+        env = {k: os.environ.get(k, "?") for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise LeantuneError(f"cannot join the distributed run as rank {env['RANK']} of {env['WORLD_SIZE']} at "
+                            f"{env['MASTER_ADDR']}:{env['MASTER_PORT']} within --ddp-timeout {args.ddp_timeout}s "
+                            f"(check the launcher's --nnodes/--nproc-per-node and rendezvous address): {first}") from None
+
+
 def set_threads_per_process() -> None:
     """N processes on one CPU machine share its cores instead of each taking all of them."""
     import os

@@ -23,7 +23,6 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
@@ -56,7 +55,13 @@ from leantune.collate import (
 )
 from leantune.config import TrainingArguments
 from leantune.control import BestTracker, GracefulStop, NonFiniteGuard, signal_name
-from leantune.distributed import ShardedBatchSampler, eval_batches, gather_outputs, set_threads_per_process
+from leantune.distributed import (
+    ShardedBatchSampler,
+    eval_batches,
+    gather_outputs,
+    make_accelerator,
+    set_threads_per_process,
+)
 from leantune.errors import LeantuneError, TrainingInterrupted
 from leantune.fastpath import fast_training
 from leantune.metrics import EvalPrediction
@@ -95,8 +100,7 @@ class Trainer:
         check_precision(self.args)
         self.processing_class = processing_class if processing_class is not None else tokenizer
         set_threads_per_process()
-        # cpu=True lets torchrun/accelerate launch run several CPU processes (gloo) where there is no GPU
-        self.accelerator = Accelerator(mixed_precision=self.args.mixed_precision, cpu=not torch.cuda.is_available())
+        self.accelerator = make_accelerator(self.args)
         set_seed(self.args.seed)
         self.model = model
         self.train_dataset, self.eval_dataset = train_dataset, eval_dataset

@@ -129,3 +129,23 @@ def test_two_process_kill_and_resume_matches_the_uninterrupted_run(tiny_bert, fi
     eb = json.loads((out / "metrics.json").read_text())["evaluations"]
     assert [(r["step"], r["eval_loss"], r["eval_accuracy"]) for r in ea] == \
         [(r["step"], r["eval_loss"], r["eval_accuracy"]) for r in eb]
+
+
+def test_a_rank_whose_master_never_answers_fails_in_one_line(tiny_bert, files, tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**__import__("os").environ, "RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    out = tmp_path / "never"
+    r = subprocess.run([sys.executable, "-m", "leantune", "train", "--model", tiny_bert, "--train-file",
+                        str(files[0]), "--output-dir", str(out), "--eval-strategy", "no", "--ddp-timeout", "3"],
+                       capture_output=True, text=True, timeout=120, env=env, check=False)
+    assert r.returncode == 2, r.stderr[-2000:]
+    # our one line comes last; torch's C++ layer logs its socket timeout above it, which we cannot silence
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"leantune: error: cannot join the distributed run as rank 1 of 2 at 127.0.0.1:{port}")
+    assert "Traceback" not in r.stderr, r.stderr
+    assert not out.exists()
