@@ -60,6 +60,18 @@ def dev_metrics(logits, labels):
     return load_metric("glue", "mrpc").compute(predictions=np.argmax(logits, -1), references=labels)
 
 
+def timed_train_and_predict(trainer, collator: CountingCollator, data):
+    """Train (timed alone), then one timed prediction pass over the dev split; the same for every system."""
+    t0 = time.perf_counter()
+    trainer.train()
+    train_s = time.perf_counter() - t0
+    real, padded = collator.real, collator.padded  # read now: predicting goes through the same collator
+    t0 = time.perf_counter()
+    pred = trainer.predict(data["validation"])
+    eval_s = time.perf_counter() - t0
+    return train_s, eval_s, real, padded, dev_metrics(pred.predictions, pred.label_ids), data
+
+
 def run_hf(args, best: bool):
     from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer, TrainingArguments
 
@@ -74,14 +86,7 @@ def run_hf(args, best: bool):
                               dataloader_num_workers=0, **extra)
     collator = CountingCollator(DataCollatorWithPadding(tok))
     trainer = Trainer(model, targs, train_dataset=data["train"], data_collator=collator, processing_class=tok)
-    t0 = time.perf_counter()
-    trainer.train()
-    train_s = time.perf_counter() - t0
-    real, padded = collator.real, collator.padded
-    t0 = time.perf_counter()
-    pred = trainer.predict(data["validation"])
-    eval_s = time.perf_counter() - t0
-    return train_s, eval_s, real, padded, dev_metrics(pred.predictions, pred.label_ids), data
+    return timed_train_and_predict(trainer, collator, data)
 
 
 def run_leantune(args, variant: str):
@@ -97,14 +102,7 @@ def run_leantune(args, variant: str):
                               disable_tqdm=True, overwrite_output_dir=True, **extra)
     collator = CountingCollator(DataCollatorWithPadding(tok, pad_to_multiple_of=targs.pad_to_multiple_of or None))
     trainer = Trainer(model, targs, train_dataset=data["train"], data_collator=collator, processing_class=tok)
-    t0 = time.perf_counter()
-    trainer.train()
-    train_s = time.perf_counter() - t0
-    real, padded = collator.real, collator.padded
-    t0 = time.perf_counter()
-    pred = trainer.predict(data["validation"])
-    eval_s = time.perf_counter() - t0
-    return train_s, eval_s, real, padded, dev_metrics(pred.predictions, pred.label_ids), data
+    return timed_train_and_predict(trainer, collator, data)
 
 
 def main():
