@@ -17,7 +17,6 @@ import math
 import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -216,14 +215,10 @@ def _save_atomic(dsd: DatasetDict, root: Path, path: Path) -> None:
     try:
         root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-"))
+    except OSError:
+        return  # a cache is optional
+    try:
         dsd.save_to_disk(str(tmp))
         os.replace(tmp, path)  # another process may have won the race: then keep theirs
     except OSError:
-        shutil.rmtree(locals().get("tmp", root / ".none"), ignore_errors=True)  # a cache is optional
-
-
-def timed_tokenize(*args, **kwargs) -> tuple[DatasetDict, float]:
-    """`tokenize` and the seconds it took (the CLI logs it, so cache hits are visible)."""
-    t0 = time.perf_counter()
-    out = tokenize(*args, **kwargs)
-    return out, time.perf_counter() - t0
+        shutil.rmtree(tmp, ignore_errors=True)

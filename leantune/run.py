@@ -76,9 +76,9 @@ def prepare(data_args: DataArguments, label_names: tuple[str, ...] | None = None
     return tokenized, info, tokenizer, dsd
 
 
-def eval_splits(dsd: Any, info: DataInfo) -> dict[str, Any]:
-    names = [s for s in dsd if s.startswith("validation")]
-    return {s: dsd[s] for s in names}
+def eval_splits(dsd: Any) -> dict[str, Any]:
+    """The validation split(s): MNLI has two, everything else one."""
+    return {s: dsd[s] for s in dsd if s.startswith("validation")}
 
 
 def train(data_args: DataArguments, args: TrainingArguments) -> tuple[TrainOutput, Trainer]:
@@ -90,7 +90,7 @@ def train(data_args: DataArguments, args: TrainingArguments) -> tuple[TrainOutpu
     dsd, info, tokenizer, raw = prepare(data_args)
     if "train" not in dsd:
         raise LeantuneError("no training data: give --train-file, or a --task whose --data-dir has train.tsv")
-    evals = eval_splits(dsd, info)
+    evals = eval_splits(dsd)
     if args.eval_strategy != "no" and not evals:
         raise LeantuneError("no validation data to evaluate on: give --validation-file, or --eval-strategy no")
     if args.metric_for_best_model is None and info.task:
