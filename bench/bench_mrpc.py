@@ -3,9 +3,11 @@
     python bench/bench_mrpc.py                         # full: 3 epochs of MRPC, hf + leantune
     python bench/bench_mrpc.py --epochs 1 --max-train-samples 1000 --systems hf,leantune
     python bench/bench_mrpc.py --systems hf,hf_best,leantune --seeds 42,43,44
+    python bench/bench_mrpc.py --precision bf16 --arch bert-base      # on a GPU: bf16, bert-base shapes
 
 Each system runs in its own process, one after another (never two at once on this machine).
-Speed-of-light fraction = useful training FLOPs / train time / peak matmul rate measured here, now.
+Speed-of-light fraction = useful training FLOPs / train time / peak matmul rate measured here, now
+(on a GPU: a bf16 8192^3 GEMM; MFU is the same FLOPs over the GPU's datasheet dense bf16 peak).
 Useful FLOPs per epoch = 6 * N_matmul * real tokens + 12 * layers * hidden * sum(len^2) (attention
 scores and values, forward + backward, over real tokens only).
 """
@@ -27,26 +29,45 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parents[1] / "shared" / "data" / "glue" / "MRPC"
 
 
-def peak_matmul_gflops(n: int = 2048, reps: int = 10) -> float:
-    """Best fp32 GEMM rate on this machine with all its threads."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+# dense bf16 tensor-core peaks from NVIDIA's datasheets (TFLOP/s, without sparsity), for MFU
+DATASHEET_BF16_TFLOPS = {"H100 80GB HBM3": 989.4, "H100 PCIe": 756.5, "H200": 989.4, "A100": 312.0}
+
+
+def peak_matmul_gflops(precision: str = "fp32") -> float:
+    """Best GEMM rate here: fp32 2048^3 on the CPU's threads, or on a GPU 8192^3 in the bench's precision."""
+    cuda = torch.cuda.is_available()
+    n, reps = (8192, 20) if cuda else (2048, 10)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a = torch.randn(n, n, dtype=dtype, device="cuda" if cuda else "cpu")
+    b = torch.randn_like(a)
     for _ in range(3):
         a @ b
     best = 0.0
     for _ in range(reps):
+        if cuda:
+            torch.cuda.synchronize()
         t0 = time.perf_counter()
         a @ b
+        if cuda:
+            torch.cuda.synchronize()
         best = max(best, 2 * n**3 / (time.perf_counter() - t0) / 1e9)
     return best
 
 
-def model_shape(model_dir: str | None) -> tuple[int, int, int]:
+def datasheet_peak_gflops() -> float | None:
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    return next((v * 1e3 for k, v in DATASHEET_BF16_TFLOPS.items() if k in name), None)
+
+
+def model_shape(model_dir: str | None, arch: str = "pretrained") -> tuple[int, int, int]:
     """(matmul params outside the embeddings, layers, hidden) of the encoder."""
-    from transformers import AutoConfig
+    from transformers import AutoConfig, BertConfig
 
     from leantune.config import default_model
 
-    c = AutoConfig.from_pretrained(model_dir or default_model())
+    c = BertConfig() if arch == "bert-base" else AutoConfig.from_pretrained(model_dir or default_model())
     per_layer = 4 * c.hidden_size**2 + 2 * c.hidden_size * c.intermediate_size
     return c.num_hidden_layers * per_layer + c.hidden_size**2, c.num_hidden_layers, c.hidden_size
 
@@ -55,7 +76,8 @@ def run_system(system: str, seed: int, args) -> dict:
     with tempfile.TemporaryDirectory() as out:
         cmd = [sys.executable, str(HERE / "run_one.py"), "--system", system, "--data-dir", str(args.data_dir),
                "--epochs", str(args.epochs), "--max-train-samples", str(args.max_train_samples),
-               "--seed", str(seed), "--out", out] + (["--model", args.model] if args.model else [])
+               "--seed", str(seed), "--out", out, "--precision", args.precision, "--arch", args.arch] + \
+            (["--model", args.model] if args.model else [])
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:  # say so and go on: one broken system must not cost the others' numbers
         print(f"  {system} seed {seed} FAILED:\n{proc.stderr[-1500:]}", flush=True)
@@ -63,7 +85,8 @@ def run_system(system: str, seed: int, args) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def summarize(runs: list[dict], peak: float, shape: tuple[int, int, int], ref_sps: float | None) -> dict:
+def summarize(runs: list[dict], peak: float, shape: tuple[int, int, int], ref_sps: float | None,
+              sheet: float | None = None) -> dict:
     n_mm, layers, hidden = shape
     per = []
     for r in runs:
@@ -72,7 +95,8 @@ def summarize(runs: list[dict], peak: float, shape: tuple[int, int, int], ref_sp
         per.append({"s_per_epoch": r["train_s"] / epochs, "samples_s": r["train_examples"] * epochs / r["train_s"],
                     "tokens_s": r["real_tokens"] / r["train_s"], "waste": 1 - r["real_tokens"] / r["padded_tokens"],
                     "rss": r["peak_rss_mb"], "acc": r["dev_accuracy"], "f1": r["dev_f1"],
-                    "sol": flops / r["train_s"] / (peak * 1e9)})
+                    "sol": flops / r["train_s"] / (peak * 1e9),
+                    "mfu": flops / r["train_s"] / (sheet * 1e9) if sheet else float("nan")})
 
     def stat(key):
         vals = [p[key] for p in per]
@@ -97,13 +121,17 @@ def main() -> None:
     p.add_argument("--seeds", default="42")
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
     p.add_argument("--model", help="checkpoint (default: the packaged all-MiniLM-L6-v2)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="for every system")
+    p.add_argument("--arch", choices=["pretrained", "bert-base"], default="pretrained",
+                   help="bert-base: a random-init BertConfig() (speed only; F1 is meaningless)")
     p.add_argument("--json", type=Path, default=HERE / "results" / "bench_mrpc.json")
     args = p.parse_args()
     sys.path.insert(0, str(HERE.parent))
     systems, seeds = args.systems.split(","), [int(s) for s in args.seeds.split(",")]
-    peak = peak_matmul_gflops()
-    print(f"peak fp32 matmul: {peak:.1f} GFLOP/s; {torch.get_num_threads()} threads; torch {torch.__version__}",
-          flush=True)
+    peak, sheet = peak_matmul_gflops(args.precision), datasheet_peak_gflops()
+    where = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{torch.get_num_threads()} CPU threads"
+    print(f"peak {args.precision} matmul: {peak:.1f} GFLOP/s on {where}; torch {torch.__version__}"
+          + (f"; datasheet bf16 peak {sheet / 1e3:.0f} TFLOP/s" if sheet else ""), flush=True)
     raw = {}
     for system in systems:
         raw[system] = []
@@ -113,23 +141,27 @@ def main() -> None:
                 raw[system].append(r)
                 print(f"  {system} seed {seed}: {r['train_s']:.1f} s train, dev F1 {r['dev_f1']:.4f}", flush=True)
     raw = {s: runs for s, runs in raw.items() if runs}
-    peak_after = peak_matmul_gflops()
-    shape = model_shape(args.model)
+    peak_after = peak_matmul_gflops(args.precision)
+    shape = model_shape(args.model, args.arch)
     ref = summarize(raw["hf"], peak, shape, None)["samples_s"][0] if "hf" in raw else None
-    rows = {s: summarize(runs, peak, shape, ref) for s, runs in raw.items()}
+    rows = {s: summarize(runs, peak, shape, ref, sheet) for s, runs in raw.items()}
     head = ["system", "s/epoch", "samples/s", "real tok/s", "pad waste %", "peak RSS MB", "dev acc", "dev F1",
-            "vs HF ref", "speed of light"]
-    table = [head] + [[s, fmt(r["s_per_epoch"], ".1f"), fmt(r["samples_s"], ".1f"), fmt(r["tokens_s"], ".0f"),
-                       fmt(r["waste"], ".1f", 100), fmt(r["rss"], ".0f"), fmt(r["acc"], ".1f", 100),
-                       fmt(r["f1"], ".1f", 100), f"{r['ratio'][0]:.2f}x", fmt(r["sol"], ".1%")]
+            "vs HF ref", "speed of light"] + (["MFU"] if sheet else [])
+    table = [head] + [[s, fmt(r["s_per_epoch"], ".2f" if sheet else ".1f"), fmt(r["samples_s"], ".1f"),
+                       fmt(r["tokens_s"], ".0f"), fmt(r["waste"], ".1f", 100), fmt(r["rss"], ".0f"),
+                       fmt(r["acc"], ".1f", 100), fmt(r["f1"], ".1f", 100), f"{r['ratio'][0]:.2f}x",
+                       fmt(r["sol"], ".1%")] + ([fmt(r["mfu"], ".2%")] if sheet else [])
                       for s, r in rows.items()]
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]
-    print(f"\nMRPC, {args.epochs:g} epoch(s), {args.max_train_samples or 'all'} train examples, seeds {args.seeds}")
+    print(f"\nMRPC, {args.epochs:g} epoch(s), {args.max_train_samples or 'all'} train examples, seeds {args.seeds}, "
+          f"{args.precision}, {args.arch if args.arch == 'bert-base' else (args.model or 'all-MiniLM-L6-v2')}")
     for row in table:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
     print(f"(peak matmul re-measured after the runs: {peak_after:.1f} GFLOP/s)")
+    if sheet:
+        print(f"(MFU: the same useful FLOPs over the datasheet's {sheet / 1e3:.0f} TFLOP/s dense bf16)")
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"peak_gflops": [peak, peak_after], "args": {k: str(v) for k, v in vars(args).items()},
+    args.json.write_text(json.dumps({"peak_gflops": [peak, peak_after], "device": where, "args": {k: str(v) for k, v in vars(args).items()},
                                      "runs": raw, "summary": rows}, indent=2))
     print(f"raw numbers: {args.json}")
 

@@ -4,8 +4,12 @@ Systems:
   hf        the HF `transformers.Trainer` with the course recipe (the reference)
   hf_best   the HF Trainer in its own best settings: group_by_length, torch_compile, fused AdamW
   leantune  leantune's defaults
-  leantune_bf16, leantune_nogroup, leantune_nofast, leantune_foreach, leantune_compile   one lever changed
+  leantune_bf16, leantune_nogroup, leantune_nofast, leantune_foreach, leantune_compile, leantune_nographs
+            one lever changed
   leantune_plain   leantune with both length grouping and the fast dropout off
+
+--precision bf16 trains every system in bf16 mixed precision; --arch bert-base swaps the checkpoint for
+a random-init `BertConfig()` (bert-base shapes, for speed only) with the same tokenizer.
 """
 
 from __future__ import annotations
@@ -72,36 +76,49 @@ def timed_train_and_predict(trainer, collator: CountingCollator, data):
     return train_s, eval_s, real, padded, dev_metrics(pred.predictions, pred.label_ids), data
 
 
+def make_model(args, model_dir: str, **kw):
+    """The pretrained checkpoint with a new 2-way head, or a random-init bert-base (`--arch bert-base`)."""
+    from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
+
+    if args.arch == "bert-base":
+        return BertForSequenceClassification(BertConfig(num_labels=2))
+    return AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2, **kw)
+
+
 def run_hf(args, best: bool):
-    from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer, TrainingArguments
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
     model_dir, tok, data = load(args)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2)
+    model = make_model(args, model_dir)
     # transformers 5 spells group_by_length=True as train_sampling_strategy="group_by_length"
     extra = {"train_sampling_strategy": "group_by_length", "torch_compile": True, "optim": "adamw_torch_fused"} \
         if best else {}
     targs = TrainingArguments(args.out, num_train_epochs=args.epochs, per_device_train_batch_size=8,
                               per_device_eval_batch_size=8, learning_rate=5e-5, seed=args.seed, eval_strategy="no",
                               save_strategy="no", report_to="none", logging_steps=50, disable_tqdm=True,
-                              dataloader_num_workers=0, **extra)
+                              dataloader_num_workers=0, bf16=args.precision == "bf16", **extra)
     collator = CountingCollator(DataCollatorWithPadding(tok))
     trainer = Trainer(model, targs, train_dataset=data["train"], data_collator=collator, processing_class=tok)
     return timed_train_and_predict(trainer, collator, data)
 
 
 def run_leantune(args, variant: str):
-    from leantune import DataCollatorWithPadding, Trainer, TrainingArguments
+    from leantune import Trainer, TrainingArguments
     from leantune.model import load_model
 
     model_dir, tok, data = load(args)
-    model = load_model(model_dir, ("not_equivalent", "equivalent"), quiet=True)
+    labels = ("not_equivalent", "equivalent")
+    model = make_model(args, model_dir) if args.arch == "bert-base" else load_model(model_dir, labels, quiet=True)
     extra = {"": {}, "bf16": {"bf16": True}, "nogroup": {"group_by_length": False}, "nofast": {"fast_dropout": False},
-             "plain": {"group_by_length": False, "fast_dropout": False},
+             "plain": {"group_by_length": False, "fast_dropout": False}, "nographs": {"cuda_graphs": False},
              "foreach": {"optim": "adamw_torch"}, "compile": {"torch_compile": True, "pad_to_multiple_of": 16}}[variant]
+    if args.precision == "bf16":
+        extra["bf16"] = True
     targs = TrainingArguments(args.out, num_train_epochs=args.epochs, seed=args.seed, eval_strategy="no",
                               disable_tqdm=True, overwrite_output_dir=True, **extra)
-    collator = CountingCollator(DataCollatorWithPadding(tok, pad_to_multiple_of=targs.pad_to_multiple_of or None))
-    trainer = Trainer(model, targs, train_dataset=data["train"], data_collator=collator, processing_class=tok)
+    trainer = Trainer(model, targs, train_dataset=data["train"], processing_class=tok)
+    # count what leantune's own collator makes (its padding to CUDA-graph buckets included)
+    trainer.data_collator = collator = CountingCollator(trainer.data_collator)
     return timed_train_and_predict(trainer, collator, data)
 
 
@@ -114,6 +131,8 @@ def main():
     p.add_argument("--max-train-samples", type=int, default=0)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--out", required=True)
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--arch", choices=["pretrained", "bert-base"], default="pretrained")
     args = p.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     from transformers import set_seed
@@ -130,6 +149,7 @@ def main():
         "train_s": train_s, "eval_s": eval_s, "real_tokens": real, "padded_tokens": padded,
         "attn_sq_tokens_per_epoch": int(sum(n * n for n in lengths)),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else 0.0,
         "dev_accuracy": metrics["accuracy"], "dev_f1": metrics["f1"],
     }))
 

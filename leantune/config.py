@@ -66,6 +66,9 @@ class TrainingArguments:
     torch_compile: bool = arg(False, "Compile the model with torch.compile.")
     fast_dropout: bool = arg(True, "On CPU, draw dropout masks from a fast generator (same Bernoulli(p), another "
                                    "random stream; see leantune/fastpath.py).")
+    cuda_graphs: bool = arg(True, "On one CUDA GPU, replay each training step's forward and backward from a CUDA "
+                                  "graph, one per batch shape (lengths padded to a multiple of 16, masked; same "
+                                  "maths). See leantune/cudagraph.py.")
     dataloader_num_workers: int = arg(0, "Worker processes for loading batches (0: in the main process).")
     ddp_timeout: int = arg(1800, "Seconds the processes of a distributed run wait for each other (joining the "
                                  "group, collectives) before giving up with an error.")

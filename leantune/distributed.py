@@ -74,15 +74,18 @@ def make_accelerator(args: Any) -> Any:
     from datetime import timedelta
 
     from accelerate import Accelerator
-    from accelerate.utils import InitProcessGroupKwargs
+    from accelerate.utils import AutocastKwargs, InitProcessGroupKwargs
 
     from leantune.errors import LeantuneError
 
     kwargs = InitProcessGroupKwargs(timeout=timedelta(seconds=args.ddp_timeout))
+    # autocast's cache of cast weights must be off for CUDA-graph capture (cudagraph.py); each forward
+    # uses each weight once, so the cache saves nothing here anyway
+    autocast = AutocastKwargs(cache_enabled=False)
     try:
         # cpu=True lets torchrun/accelerate launch run several CPU processes (gloo) where there is no GPU
         return Accelerator(mixed_precision=args.mixed_precision, cpu=not torch.cuda.is_available(),
-                           kwargs_handlers=[kwargs])
+                           kwargs_handlers=[kwargs, autocast])
     except (RuntimeError, ValueError, OSError) as e:
         env = {k: os.environ.get(k, "?") for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

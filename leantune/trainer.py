@@ -55,6 +55,7 @@ from leantune.collate import (
 )
 from leantune.config import TrainingArguments
 from leantune.control import BestTracker, GracefulStop, NonFiniteGuard, signal_name
+from leantune.cudagraph import GraphedStep, can_use_cuda_graphs
 from leantune.distributed import (
     ShardedBatchSampler,
     eval_batches,
@@ -104,10 +105,13 @@ class Trainer:
         set_seed(self.args.seed)
         self.model = model
         self.train_dataset, self.eval_dataset = train_dataset, eval_dataset
-        pad_id = getattr(model.config, "pad_token_id", None) or 0
+        self._pad_id = getattr(model.config, "pad_token_id", None) or 0
+        self._graphs = can_use_cuda_graphs(self.args.cuda_graphs, self.accelerator, self.args.torch_compile)
+        # CUDA graphs want few distinct shapes: batch lengths in steps of GraphedStep's bucket
+        bucket = 16 if self._graphs else None
         self.data_collator = data_collator or DataCollatorWithPadding(
-            self.processing_class, pad_token_id=None if self.processing_class else pad_id,
-            pad_to_multiple_of=self.args.pad_to_multiple_of or None)
+            self.processing_class, pad_token_id=None if self.processing_class else self._pad_id,
+            pad_to_multiple_of=self.args.pad_to_multiple_of or bucket)
         self.compute_metrics = compute_metrics
         self.global_step, self.epoch = 0, 0.0
         self.log = RunLog(self.args.output_dir, enabled=self.accelerator.is_main_process,
@@ -136,6 +140,7 @@ class Trainer:
         # The loader is ours (each process already takes its slice of every global batch) and so is the
         # scheduler: Accelerate would step a prepared one once per process at every optimizer step.
         model, optimizer = acc.prepare(model, optimizer)
+        graphed = GraphedStep(model, self._pad_id, 1 / args.gradient_accumulation_steps) if self._graphs else None
         self.log.info(f"training: {len(self.train_dataset)} examples, {total} steps, global batch "
                       f"{self.global_batch_size} = {args.per_device_train_batch_size} per device x "
                       f"{acc.num_processes} process(es) x {args.gradient_accumulation_steps} accumulation")
@@ -155,7 +160,7 @@ class Trainer:
                 # resumed at the last step: only the end of its epoch (evaluation, save) remains
                 sampler.skip_next_epoch(len(sampler) if self.global_step >= total else skip)
                 stop = self._train_epoch(model, optimizer, scheduler, loader, stats, epoch, steps_per_epoch, total,
-                                         skip)
+                                         skip, graphed)
                 if stop or self.global_step >= total:
                     break
         self._guard.flush()
@@ -170,7 +175,7 @@ class Trainer:
         return TrainOutput(self.global_step, metrics["train_loss"], metrics)
 
     def _train_epoch(self, model, optimizer, scheduler, loader, stats: TrainStats, epoch: int,
-                     steps_per_epoch: int, total: int, skip: int = 0) -> bool:
+                     steps_per_epoch: int, total: int, skip: int = 0, graphed: GraphedStep | None = None) -> bool:
         """One epoch from batch `skip` on (a resumed one skips those already trained on); True to stop."""
         args, acc = self.args, self.accelerator
         model.train()
@@ -179,9 +184,13 @@ class Trainer:
                            desc=f"epoch {epoch + 1}")
         pending: list[tuple[torch.Tensor, dict[str, torch.Tensor]]] = []  # this step's losses, counted once it is good
         for i, batch in enumerate(loader, start=skip):
-            batch = self._model_inputs(batch)
-            loss = model(**batch).loss
-            acc.backward(loss / accum)
+            if graphed is not None:  # the batch stays on the host: the graph copies it in
+                batch = {k: v for k, v in batch.items() if k in self._forward_args}
+                loss = graphed(batch)
+            else:
+                batch = self._model_inputs(batch)
+                loss = model(**batch).loss
+                acc.backward(loss / accum)
             pending.append((loss.detach(), batch))
             last_micro = (i + 1) % accum == 0 or i + 1 == len(loader)
             if not last_micro:
@@ -193,7 +202,7 @@ class Trainer:
                     stats.add(lo, b)
             pending.clear()
             scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=graphed is None)  # graphs write into the same gradient tensors
             self.global_step += 1
             self.epoch = epoch + (i + 1) / len(loader)
             bar.update(1)
