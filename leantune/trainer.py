@@ -20,9 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
@@ -48,22 +46,18 @@ from leantune.collate import (
     LengthGroupedBatchSampler,
     ResumableBatchSampler,
     ShuffledBatchSampler,
-    WithPositions,
-    has_labels,
     lengths_of,
-    sorted_batches,
 )
 from leantune.config import TrainingArguments
 from leantune.control import BestTracker, GracefulStop, NonFiniteGuard, signal_name
 from leantune.cudagraph import GraphedStep, can_use_cuda_graphs
 from leantune.distributed import (
     ShardedBatchSampler,
-    eval_batches,
-    gather_outputs,
     make_accelerator,
     set_threads_per_process,
 )
 from leantune.errors import LeantuneError, TrainingInterrupted
+from leantune.evaluation import EvaluationLoop, PredictionOutput
 from leantune.fastpath import fast_training
 from leantune.metrics import EvalPrediction
 from leantune.optim import build_optimizer, build_scheduler, check_precision
@@ -77,12 +71,6 @@ class TrainOutput(NamedTuple):
     metrics: dict[str, float]
 
 
-class PredictionOutput(NamedTuple):
-    predictions: np.ndarray
-    label_ids: np.ndarray | None
-    metrics: dict[str, float]
-
-
 class Position(NamedTuple):
     """Where training stands in the data: the epoch being trained and how many of its batches are done."""
 
@@ -90,7 +78,7 @@ class Position(NamedTuple):
     batches: int
 
 
-class Trainer:
+class Trainer(EvaluationLoop):
     """Fine-tune `model` on `train_dataset` (tokenized, unpadded), evaluating on `eval_dataset`."""
 
     def __init__(self, model: torch.nn.Module, args: TrainingArguments | None = None, train_dataset: Any = None,
@@ -360,83 +348,6 @@ class Trainer:
         load_weights(self.accelerator.unwrap_model(model), path / "model.safetensors")
         self.log.info(f"loaded the best model ({b.metric}={b.best:.4g} at step {b.best_step}) from {path}")
         return {"best_step": b.best_step, f"best_{b.metric}": b.best}
-
-    # ------------------------------------------------------------ evaluate / predict
-    def evaluate(self, eval_dataset: Any = None, metric_key_prefix: str = "eval") -> dict[str, float]:
-        """Loss, runtime, samples/s and the task metrics on `eval_dataset` (default: the Trainer's)."""
-        ds = eval_dataset if eval_dataset is not None else self.eval_dataset
-        if ds is None:
-            raise LeantuneError("Trainer.evaluate() needs an eval_dataset")
-        return self._run_eval(self.model, ds, metric_key_prefix).metrics
-
-    def predict(self, test_dataset: Any, metric_key_prefix: str = "test") -> PredictionOutput:
-        """Logits for every row of `test_dataset`, in its order; labels and metrics when it has labels."""
-        return self._run_eval(self.model, test_dataset, metric_key_prefix, log=False)
-
-    def _run_eval(self, model, ds: Any, prefix: str, log: bool = True) -> PredictionOutput:
-        acc, args = self.accelerator, self.args
-        ds = self._model_columns(ds)
-        labelled = has_labels(ds)
-        if not labelled and "label" in ds.column_names:
-            ds = ds.remove_columns("label")
-        bs = args.per_device_eval_batch_size
-        batches = sorted_batches(lengths_of(ds), bs) if args.group_by_length else \
-            [list(range(i, min(i + bs, len(ds)))) for i in range(0, len(ds), bs)]
-        mine = eval_batches(batches, acc.process_index, acc.num_processes)  # each example on one process
-        loader = DataLoader(WithPositions(ds), batch_sampler=mine, collate_fn=self.data_collator)
-        model = acc.unwrap_model(model)  # no DDP wrapper: processes run different numbers of batches
-        model.eval()
-        start = time.perf_counter()
-        logits, labels, positions = [], [], []
-        with torch.inference_mode():
-            for batch in self.log.bar(loader, desc=prefix, leave=False):
-                pos = batch.pop("_pos")
-                out = model(**self._model_inputs(batch, with_labels=False))
-                # kept on the device; one transfer at the end instead of a sync per batch
-                logits.append(out.logits.float()), labels.append(batch.get("labels", pos)), positions.append(pos)
-        # one gather of every process's outputs; _finish_eval puts them back in the dataset's order
-        parts = gather_outputs(acc, [[t.cpu() for t in ts] for ts in (logits, labels, positions)])
-        logits, labels, positions = ([t for p in parts[k::3] for t in p] for k in range(3))
-        runtime = time.perf_counter() - start
-        return self._finish_eval(logits, labels, positions, labelled, prefix, runtime, log)
-
-    def _finish_eval(self, logits, labels, positions, labelled: bool, prefix: str, runtime: float,
-                     log: bool) -> PredictionOutput:
-        pos = torch.cat(positions).cpu().numpy()
-        # restore the dataset's order (and drop any duplicate a distributed sampler padded in)
-        pos, first = np.unique(pos, return_index=True)
-        lg = torch.cat(logits).cpu()[first]
-        lb = torch.cat(labels).cpu()[first] if labelled else None
-        metrics: dict[str, float] = {}
-        if lb is not None:
-            regression = lg.shape[-1] == 1
-            loss = F.mse_loss(lg.squeeze(-1), lb.float()) if regression else F.cross_entropy(lg, lb)
-            metrics[f"{prefix}_loss"] = float(loss)
-            if self.compute_metrics is not None:
-                task = self.compute_metrics(EvalPrediction(lg.numpy(), lb.numpy()))
-                metrics.update({f"{prefix}_{k}": float(v) for k, v in task.items()})
-        n = len(pos)
-        metrics.update({f"{prefix}_runtime": round(runtime, 4), f"{prefix}_samples_per_second": round(n / runtime, 3),
-                        f"{prefix}_samples": n})
-        if log:
-            metrics["epoch"] = round(self.epoch, 4)
-            self.log.record({"step": self.global_step, **metrics}, kind="eval")
-            self.last_eval[prefix] = PredictionOutput(lg.numpy(), None if lb is None else lb.numpy(), metrics)
-        return PredictionOutput(lg.numpy(), None if lb is None else lb.numpy(), metrics)
-
-    # ------------------------------------------------------------ helpers
-    def _model_columns(self, ds: Any) -> Any:
-        """Drop columns the model cannot take (raw text, idx), as the HF Trainer does."""
-        if not hasattr(ds, "column_names"):
-            return ds
-        keep = self._forward_args | {"label", "labels"}
-        extra = [c for c in ds.column_names if c not in keep]
-        return ds.remove_columns(extra) if extra else ds
-
-    def _model_inputs(self, batch: dict[str, torch.Tensor], with_labels: bool = True) -> dict[str, torch.Tensor]:
-        device = self.accelerator.device
-        return {k: v.to(device, non_blocking=True) for k, v in batch.items()
-                if k in self._forward_args and (with_labels or k != "labels")}
 
     @property
     def global_batch_size(self) -> int:
