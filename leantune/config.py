@@ -66,6 +66,9 @@ class TrainingArguments:
     torch_compile: bool = arg(False, "Compile the model with torch.compile.")
     fast_dropout: bool = arg(True, "On CPU, draw dropout masks from a fast generator (same Bernoulli(p), another "
                                    "random stream; see leantune/fastpath.py).")
+    compact_embeddings: bool = arg(True, "On CPU, train only the word-embedding rows the training set uses (the "
+                                         "same maths with weight decay 0: unused rows never move; skipped "
+                                         "otherwise; see leantune/compact.py).")
     dataloader_num_workers: int = arg(0, "Worker processes for loading batches (0: in the main process).")
     ddp_timeout: int = arg(1800, "Seconds the processes of a distributed run wait for each other (joining the "
                                  "group, collectives) before giving up with an error.")

@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from leantune.compact import full_shape_optimizer_state
 from leantune.config import TrainingArguments
 from leantune.errors import LeantuneError
 
@@ -37,8 +38,9 @@ def build_optimizer(model: torch.nn.Module, args: TrainingArguments) -> torch.op
             (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
     groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     kernel = {"fused": True} if args.optim == "adamw_torch_fused" else {"foreach": True}
-    return torch.optim.AdamW(groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-                             eps=args.adam_epsilon, **kernel)
+    optimizer = torch.optim.AdamW(groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                                  eps=args.adam_epsilon, **kernel)
+    return full_shape_optimizer_state(optimizer)  # checkpoints look the same with or without compaction
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, args: TrainingArguments, total_steps: int):
