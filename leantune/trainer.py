@@ -66,7 +66,7 @@ from leantune.distributed import (
 from leantune.errors import LeantuneError, TrainingInterrupted
 from leantune.fastpath import fast_training
 from leantune.metrics import EvalPrediction
-from leantune.optim import build_optimizer, build_scheduler, check_precision
+from leantune.optim import build_optimizer, build_scheduler, check_precision, clip_grad_norm
 from leantune.runlog import RunLog
 from leantune.stats import TrainStats
 
@@ -193,7 +193,7 @@ class Trainer:
             last_micro = (i + 1) % accum == 0 or i + 1 == len(loader)
             if not last_micro:
                 continue
-            if self._guard.check(self.global_step + 1, sum(lo for lo, _ in pending), self._grad_norm(model, stats),
+            if self._guard.check(self.global_step + 1, sum(lo for lo, _ in pending), self._grad_norm(model, stats, optimizer),
                                  acc):
                 optimizer.step()
                 for lo, b in pending:
@@ -261,12 +261,12 @@ class Trainer:
             self._best = BestTracker(args.metric_for_best_model or "loss", args.greater_is_better,
                                      args.early_stopping_patience)
 
-    def _grad_norm(self, model, stats: TrainStats) -> torch.Tensor | None:
-        """The gradient norm (clipping to --max-grad-norm); None under fp16, whose grad scaler skips
-        steps with inf/NaN gradients by design."""
+    def _grad_norm(self, model, stats: TrainStats, optimizer) -> torch.Tensor | None:
+        """The gradient norm (clipping to --max-grad-norm, see optim.clip_grad_norm); None under fp16, whose
+        grad scaler skips steps with inf/NaN gradients by design."""
         acc, args = self.accelerator, self.args
         if args.max_grad_norm > 0:
-            stats.grad_norm = acc.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            stats.grad_norm = clip_grad_norm(acc, optimizer, model.parameters(), args.max_grad_norm)
         if acc.scaler is not None:
             return None
         if args.max_grad_norm > 0:
