@@ -69,6 +69,9 @@ class TrainingArguments:
     cuda_graphs: bool = arg(True, "On one CUDA GPU, replay each training step's forward and backward from a CUDA "
                                   "graph, one per batch shape (lengths padded to a multiple of 16, masked; same "
                                   "maths). See leantune/cudagraph.py.")
+    compact_embeddings: bool = arg(True, "On CPU, train only the word-embedding rows the training set uses (the "
+                                         "same maths with weight decay 0: unused rows never move; skipped "
+                                         "otherwise; see leantune/compact.py).")
     dataloader_num_workers: int = arg(0, "Worker processes for loading batches (0: in the main process).")
     ddp_timeout: int = arg(1800, "Seconds the processes of a distributed run wait for each other (joining the "
                                  "group, collectives) before giving up with an error.")

@@ -48,6 +48,7 @@ from leantune.collate import (
     ShuffledBatchSampler,
     lengths_of,
 )
+from leantune.compact import compact_embeddings
 from leantune.config import TrainingArguments
 from leantune.control import BestTracker, GracefulStop, NonFiniteGuard, signal_name
 from leantune.cudagraph import GraphedStep, can_use_cuda_graphs
@@ -60,7 +61,7 @@ from leantune.errors import LeantuneError, TrainingInterrupted
 from leantune.evaluation import EvaluationLoop, PredictionOutput
 from leantune.fastpath import fast_training
 from leantune.metrics import EvalPrediction
-from leantune.optim import build_optimizer, build_scheduler, check_precision
+from leantune.optim import build_optimizer, build_scheduler, check_precision, clip_grad_norm
 from leantune.runlog import RunLog
 from leantune.stats import TrainStats
 
@@ -115,9 +116,15 @@ class Trainer(EvaluationLoop):
     def train(self, resume_from_checkpoint: str | bool | None = None) -> TrainOutput:
         """Train; `resume_from_checkpoint` (default: `args.resume_from_checkpoint`) continues a run exactly
         from a checkpoint directory, or with True from the newest complete one in `args.output_dir`."""
-        args, acc = self.args, self.accelerator
         if self.train_dataset is None:
             raise LeantuneError("Trainer.train() needs a train_dataset")
+        # On CPU only the embedding rows the training set uses are trained: the same maths, less work.
+        with compact_embeddings(self.model, self.train_dataset, self.args, self.accelerator.device,
+                                [getattr(self.data_collator, "pad_token_id", None)]):
+            return self._train(resume_from_checkpoint)
+
+    def _train(self, resume_from_checkpoint: str | bool | None) -> TrainOutput:
+        args, acc = self.args, self.accelerator
         set_seed(args.seed)
         loader, sampler = self._train_loader()
         optimizer = build_optimizer(self.model, args)
@@ -183,7 +190,7 @@ class Trainer(EvaluationLoop):
             last_micro = (i + 1) % accum == 0 or i + 1 == len(loader)
             if not last_micro:
                 continue
-            if self._guard.check(self.global_step + 1, sum(lo for lo, _ in pending), self._grad_norm(model, stats),
+            if self._guard.check(self.global_step + 1, sum(lo for lo, _ in pending), self._grad_norm(model, stats, optimizer),
                                  acc):
                 optimizer.step()
                 for lo, b in pending:
@@ -251,12 +258,12 @@ class Trainer(EvaluationLoop):
             self._best = BestTracker(args.metric_for_best_model or "loss", args.greater_is_better,
                                      args.early_stopping_patience)
 
-    def _grad_norm(self, model, stats: TrainStats) -> torch.Tensor | None:
-        """The gradient norm (clipping to --max-grad-norm); None under fp16, whose grad scaler skips
-        steps with inf/NaN gradients by design."""
+    def _grad_norm(self, model, stats: TrainStats, optimizer) -> torch.Tensor | None:
+        """The gradient norm (clipping to --max-grad-norm, see optim.clip_grad_norm); None under fp16, whose
+        grad scaler skips steps with inf/NaN gradients by design."""
         acc, args = self.accelerator, self.args
         if args.max_grad_norm > 0:
-            stats.grad_norm = acc.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            stats.grad_norm = clip_grad_norm(acc, optimizer, model.parameters(), args.max_grad_norm)
         if acc.scaler is not None:
             return None
         if args.max_grad_norm > 0:

@@ -1,0 +1,54 @@
+"""Gradient clipping folded into the fused CPU AdamW (optim.clip_grad_norm) against torch's clip_grad_norm_."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+
+from leantune.optim import clip_grad_norm
+
+
+def _params_and_optimizer(fused: bool = True) -> tuple[list[torch.nn.Parameter], torch.optim.Optimizer]:
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(shape)) for shape in [(300, 64), (64,), (64, 17), (1,)]]
+    kernel = {"fused": True} if fused else {"foreach": True}
+    return params, torch.optim.AdamW(params, lr=1e-2, weight_decay=0.0, **kernel)
+
+
+def _run(steps: int, grad_scale: float, folded: bool, fused: bool = True) -> tuple[list[torch.Tensor], list[float]]:
+    """`steps` AdamW steps on fixed random gradients of size ~`grad_scale`, clipped to norm 1."""
+    params, opt = _params_and_optimizer(fused)
+    acc = SimpleNamespace(scaler=None, device=torch.device("cpu"),
+                          clip_grad_norm_=lambda ps, m: torch.nn.utils.clip_grad_norm_(list(ps), m))
+    norms = []
+    for k in range(steps):
+        g = torch.Generator().manual_seed(k)
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=g) * grad_scale
+        if folded:
+            norms.append(float(clip_grad_norm(acc, opt, params, 1.0)))
+        else:
+            norms.append(float(torch.nn.utils.clip_grad_norm_(params, 1.0)))
+        opt.step()
+    return [p.detach().clone() for p in params], norms
+
+
+def test_folded_clip_matches_clip_grad_norm_to_fp32_rounding():
+    (folded, nf), (plain, np_) = _run(5, 0.5, folded=True), _run(5, 0.5, folded=False)
+    assert nf == np_ and min(nf) > 1.0  # same norms, and the clip is active at every step
+    for a, b in zip(folded, plain):
+        # x / s against x * (1 / s): at most a few ulps apart after 5 steps
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert not all(torch.equal(a, b) for a, b in zip(folded, plain))  # really the folded path (not bit-equal)
+
+
+def test_folded_clip_is_exact_when_nothing_is_clipped():
+    (folded, nf), (plain, _) = _run(5, 0.001, folded=True), _run(5, 0.001, folded=False)
+    assert max(nf) < 1.0
+    assert all(torch.equal(a, b) for a, b in zip(folded, plain))
+
+
+def test_the_foreach_kernel_clips_the_gradients_itself():
+    (a, na), (b, nb) = _run(3, 0.5, folded=True, fused=False), _run(3, 0.5, folded=False, fused=False)
+    assert na == nb and all(torch.equal(x, y) for x, y in zip(a, b))
