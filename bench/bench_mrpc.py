@@ -95,8 +95,9 @@ def summarize(runs: list[dict], peak: float, shape: tuple[int, int, int], ref_sp
         per.append({"s_per_epoch": r["train_s"] / epochs, "samples_s": r["train_examples"] * epochs / r["train_s"],
                     "tokens_s": r["real_tokens"] / r["train_s"], "waste": 1 - r["real_tokens"] / r["padded_tokens"],
                     "rss": r["peak_rss_mb"], "acc": r["dev_accuracy"], "f1": r["dev_f1"],
-                    "sol": flops / r["train_s"] / (peak * 1e9),
-                    "mfu": flops / r["train_s"] / (sheet * 1e9) if sheet else float("nan")})
+                    "sol": flops / r["train_s"] / (peak * 1e9)})
+        if sheet:  # GPU only: no datasheet peak for a CPU
+            per[-1]["mfu"] = flops / r["train_s"] / (sheet * 1e9)
 
     def stat(key):
         vals = [p[key] for p in per]
@@ -140,6 +141,8 @@ def main() -> None:
             if r is not None:
                 raw[system].append(r)
                 print(f"  {system} seed {seed}: {r['train_s']:.1f} s train, dev F1 {r['dev_f1']:.4f}", flush=True)
+                args.json.parent.mkdir(parents=True, exist_ok=True)  # the raw runs so far survive a failure later
+                args.json.write_text(json.dumps({"complete": False, "runs": raw}, indent=2))
     raw = {s: runs for s, runs in raw.items() if runs}
     peak_after = peak_matmul_gflops(args.precision)
     shape = model_shape(args.model, args.arch)
@@ -160,8 +163,7 @@ def main() -> None:
     print(f"(peak matmul re-measured after the runs: {peak_after:.1f} GFLOP/s)")
     if sheet:
         print(f"(MFU: the same useful FLOPs over the datasheet's {sheet / 1e3:.0f} TFLOP/s dense bf16)")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"peak_gflops": [peak, peak_after], "device": where, "args": {k: str(v) for k, v in vars(args).items()},
+    args.json.write_text(json.dumps({"complete": True, "peak_gflops": [peak, peak_after], "device": where, "args": {k: str(v) for k, v in vars(args).items()},
                                      "runs": raw, "summary": rows}, indent=2))
     print(f"raw numbers: {args.json}")
 

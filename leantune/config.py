@@ -58,6 +58,7 @@ class TrainingArguments:
     eval_steps: int = arg(0, "Evaluate every this many steps with --eval-strategy steps (0: --logging-steps).")
     logging_steps: int = arg(50, "Log the training loss every this many optimizer steps.")
     seed: int = arg(42, "Random seed for the head's init, dropout and data order.")
+    use_cpu: bool = arg(False, "Run on the CPU even when a GPU is there (the HF Trainer's use_cpu).")
     fp16: bool = arg(False, "fp16 mixed precision (GPU only).")
     bf16: bool = arg(False, "bf16 mixed precision (GPUs with bf16; CPUs with AVX512-BF16 or AMX).")
     group_by_length: bool = arg(True, "Batch examples of similar length together (random batches, little "

@@ -84,7 +84,7 @@ def make_accelerator(args: Any) -> Any:
     autocast = AutocastKwargs(cache_enabled=False)
     try:
         # cpu=True lets torchrun/accelerate launch run several CPU processes (gloo) where there is no GPU
-        return Accelerator(mixed_precision=args.mixed_precision, cpu=not torch.cuda.is_available(),
+        return Accelerator(mixed_precision=args.mixed_precision, cpu=args.use_cpu or not torch.cuda.is_available(),
                            kwargs_handlers=[kwargs, autocast])
     except (RuntimeError, ValueError, OSError) as e:
         env = {k: os.environ.get(k, "?") for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
@@ -94,10 +94,10 @@ def make_accelerator(args: Any) -> Any:
                             f"(check the launcher's --nnodes/--nproc-per-node and rendezvous address): {first}") from None
 
 
-def set_threads_per_process() -> None:
+def set_threads_per_process(cpu: bool) -> None:
     """N processes on one CPU machine share its cores instead of each taking all of them."""
     import os
 
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    if local_world > 1 and not torch.cuda.is_available() and "OMP_NUM_THREADS" not in os.environ:
+    if local_world > 1 and (cpu or not torch.cuda.is_available()) and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))

@@ -16,10 +16,11 @@ from leantune.errors import LeantuneError
 
 def check_precision(args: TrainingArguments) -> None:
     """Refuse a mixed precision this machine cannot run, before any work starts."""
-    if args.fp16 and not torch.cuda.is_available():
-        raise LeantuneError("--fp16 needs a CUDA GPU and none was found (on CPU, try --bf16)")
+    cuda = torch.cuda.is_available() and not args.use_cpu
+    if args.fp16 and not cuda:
+        raise LeantuneError("--fp16 needs a CUDA GPU and none was found or --use-cpu was given (on CPU, try --bf16)")
     if args.bf16:
-        if torch.cuda.is_available():
+        if cuda:
             if not torch.cuda.is_bf16_supported():
                 raise LeantuneError("--bf16: this GPU does not support bfloat16 (use --fp16)")
         elif not (torch.backends.cpu.get_cpu_capability().startswith("AVX512") or _cpu_has_amx()):

@@ -89,7 +89,7 @@ class Trainer(EvaluationLoop):
         self.args = args or TrainingArguments()
         check_precision(self.args)
         self.processing_class = processing_class if processing_class is not None else tokenizer
-        set_threads_per_process()
+        set_threads_per_process(self.args.use_cpu)
         self.accelerator = make_accelerator(self.args)
         set_seed(self.args.seed)
         self.model = model

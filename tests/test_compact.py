@@ -33,7 +33,8 @@ def _train(model_dir: str, out, compact: bool, spy: list | None = None, **kw) ->
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2)
     init = {k: v.clone() for k, v in model.state_dict().items()}
     args = TrainingArguments(str(out), **{"num_train_epochs": 3, "learning_rate": 1e-3, "per_device_train_batch_size": 8,
-                                          "logging_steps": 4, "seed": 0, "compact_embeddings": compact, **kw})
+                                          "logging_steps": 4, "seed": 0, "compact_embeddings": compact,
+                                          "use_cpu": True, **kw})  # compaction is CPU-only
     trainer = Trainer(model, args, train_dataset=data["train"], eval_dataset=data["validation"], processing_class=tok)
     trainer.train()
     return trainer, init
@@ -99,7 +100,7 @@ def test_an_id_outside_the_row_set_stops_with_a_clear_error_and_restores_the_mod
             batch["input_ids"][0, 1] = 29999  # a token no training row holds
             return batch
 
-    trainer = Trainer(model, TrainingArguments(str(tmp_path), max_steps=2), train_dataset=data["train"],
+    trainer = Trainer(model, TrainingArguments(str(tmp_path), max_steps=2, use_cpu=True), train_dataset=data["train"],
                       data_collator=Injecting(tok), processing_class=tok)
     with pytest.raises(LeantuneError, match=r"token id\(s\) \[29999\].*--no-compact-embeddings"):
         trainer.train()

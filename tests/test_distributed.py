@@ -17,7 +17,7 @@ from leantune.distributed import ShardedBatchSampler, eval_batches, shard
 
 def torchrun(n: int, *args: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
-           "-m", "leantune", *args]
+           "-m", "leantune", *args, "--use-cpu"]  # gloo on the CPU, also where there is a GPU
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
 
 
@@ -111,7 +111,7 @@ def test_two_process_kill_and_resume_matches_the_uninterrupted_run(tiny_bert, fi
     out = tmp_path / "killed"
     ckpt = ["--save-strategy", "steps", "--save-steps", "5"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "leantune",
-           *flags, "--output-dir", str(out), *ckpt]
+           *flags, "--output-dir", str(out), *ckpt, "--use-cpu"]
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 240
     while not (out / "checkpoint-30").exists():  # epoch 4 of 10, mid-epoch (8 steps an epoch)

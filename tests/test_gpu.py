@@ -83,3 +83,12 @@ def test_trainer_with_graphs_trains_like_the_eager_trainer(tiny_bert, tmp_path):
     graphed, r_graphed = final_params(True)
     assert torch.allclose(eager, graphed, atol=1e-4), (eager - graphed).abs().max()
     assert abs(r_eager.training_loss - r_graphed.training_loss) < 1e-4
+
+
+def test_use_cpu_keeps_a_gpu_machine_on_the_cpu(tiny_bert, tmp_path):
+    from test_trainer import _trainer
+
+    trainer, _ = _trainer(tiny_bert, tmp_path, num_train_epochs=1, use_cpu=True)
+    assert trainer.accelerator.device.type == "cpu" and not trainer._graphs
+    trainer.train()
+    assert next(trainer.model.parameters()).device.type == "cpu"
