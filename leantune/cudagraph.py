@@ -21,6 +21,9 @@ from dataclasses import dataclass
 
 import torch
 
+# Sequence lengths are padded up to a multiple of this (the Trainer's collator pads to the same steps).
+BUCKET = 16
+
 # Keys padded along the sequence and the value their masked positions get (input_ids: the pad id).
 _SEQ_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -43,7 +46,7 @@ class GraphedStep:
     """
 
     def __init__(self, model: torch.nn.Module, pad_token_id: int = 0, loss_scale: float = 1.0,
-                 bucket: int = 16, max_graphs: int = 48) -> None:
+                 bucket: int = BUCKET, max_graphs: int = 48) -> None:
         self.model, self.pad_token_id, self.loss_scale = model, pad_token_id, loss_scale
         self.bucket, self.max_graphs = bucket, max_graphs
         self.params = [p for p in model.parameters() if p.requires_grad]

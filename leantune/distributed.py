@@ -67,6 +67,11 @@ def gather_outputs(acc: Any, parts: list[Any]) -> list[Any]:
     return gather_object(parts)
 
 
+def on_cpu(args: Any) -> bool:
+    """Whether this run computes on the CPU: --use-cpu, or no CUDA GPU here."""
+    return args.use_cpu or not torch.cuda.is_available()
+
+
 def make_accelerator(args: Any) -> Any:
     """The Accelerator, joining the process group a launcher set up; a launcher that is misconfigured
     (no master at MASTER_ADDR:MASTER_PORT, a rank that never comes) ends in one line after --ddp-timeout."""
@@ -84,7 +89,7 @@ def make_accelerator(args: Any) -> Any:
     autocast = AutocastKwargs(cache_enabled=False)
     try:
         # cpu=True lets torchrun/accelerate launch run several CPU processes (gloo) where there is no GPU
-        return Accelerator(mixed_precision=args.mixed_precision, cpu=args.use_cpu or not torch.cuda.is_available(),
+        return Accelerator(mixed_precision=args.mixed_precision, cpu=on_cpu(args),
                            kwargs_handlers=[kwargs, autocast])
     except (RuntimeError, ValueError, OSError) as e:
         env = {k: os.environ.get(k, "?") for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
@@ -99,5 +104,5 @@ def set_threads_per_process(cpu: bool) -> None:
     import os
 
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    if local_world > 1 and (cpu or not torch.cuda.is_available()) and "OMP_NUM_THREADS" not in os.environ:
+    if local_world > 1 and cpu and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))

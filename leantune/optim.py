@@ -11,12 +11,13 @@ import torch
 
 from leantune.compact import full_shape_optimizer_state
 from leantune.config import TrainingArguments
+from leantune.distributed import on_cpu
 from leantune.errors import LeantuneError
 
 
 def check_precision(args: TrainingArguments) -> None:
     """Refuse a mixed precision this machine cannot run, before any work starts."""
-    cuda = torch.cuda.is_available() and not args.use_cpu
+    cuda = not on_cpu(args)
     if args.fp16 and not cuda:
         raise LeantuneError("--fp16 needs a CUDA GPU and none was found or --use-cpu was given (on CPU, try --bf16)")
     if args.bf16:

@@ -51,10 +51,11 @@ from leantune.collate import (
 from leantune.compact import compact_embeddings
 from leantune.config import TrainingArguments
 from leantune.control import BestTracker, GracefulStop, NonFiniteGuard, signal_name
-from leantune.cudagraph import GraphedStep, can_use_cuda_graphs
+from leantune.cudagraph import BUCKET, GraphedStep, can_use_cuda_graphs
 from leantune.distributed import (
     ShardedBatchSampler,
     make_accelerator,
+    on_cpu,
     set_threads_per_process,
 )
 from leantune.errors import LeantuneError, TrainingInterrupted
@@ -89,7 +90,7 @@ class Trainer(EvaluationLoop):
         self.args = args or TrainingArguments()
         check_precision(self.args)
         self.processing_class = processing_class if processing_class is not None else tokenizer
-        set_threads_per_process(self.args.use_cpu)
+        set_threads_per_process(on_cpu(self.args))
         self.accelerator = make_accelerator(self.args)
         set_seed(self.args.seed)
         self.model = model
@@ -97,7 +98,7 @@ class Trainer(EvaluationLoop):
         self._pad_id = getattr(model.config, "pad_token_id", None) or 0
         self._graphs = can_use_cuda_graphs(self.args.cuda_graphs, self.accelerator, self.args.torch_compile)
         # CUDA graphs want few distinct shapes: batch lengths in steps of GraphedStep's bucket
-        bucket = 16 if self._graphs else None
+        bucket = BUCKET if self._graphs else None
         self.data_collator = data_collator or DataCollatorWithPadding(
             self.processing_class, pad_token_id=None if self.processing_class else self._pad_id,
             pad_to_multiple_of=self.args.pad_to_multiple_of or bucket)
