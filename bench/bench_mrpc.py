@@ -116,7 +116,8 @@ def fmt(mean_std: tuple[float, float], spec: str, scale: float = 1.0) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--systems", default="hf,leantune", help="comma list: hf, hf_best, leantune, leantune_bf16, "
-                   "leantune_nofast, leantune_plain, leantune_nogroup, leantune_foreach, leantune_compile")
+                   "leantune_nofast, leantune_plain, leantune_nogroup, leantune_foreach, leantune_compile, leantune_nographs, "
+                   "leantune_nocompact, leantune_nocls")
     p.add_argument("--epochs", type=float, default=3)
     p.add_argument("--max-train-samples", type=int, default=0)
     p.add_argument("--seeds", default="42")

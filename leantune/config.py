@@ -73,6 +73,9 @@ class TrainingArguments:
     compact_embeddings: bool = arg(True, "On CPU, train only the word-embedding rows the training set uses (the "
                                          "same maths with weight decay 0: unused rows never move; skipped "
                                          "otherwise; see leantune/compact.py).")
+    cls_only_last_layer: bool = arg(True, "For BERT-family classifiers (their head reads only position 0), compute the "
+                                          "last encoder layer for [CLS] alone, keys and values for all (same logits "
+                                          "to rounding; see leantune/clsonly.py).")
     dataloader_num_workers: int = arg(0, "Worker processes for loading batches (0: in the main process).")
     ddp_timeout: int = arg(1800, "Seconds the processes of a distributed run wait for each other (joining the "
                                  "group, collectives) before giving up with an error.")

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from leantune.clsonly import cls_only_last_layer
 from leantune.collate import WithPositions, has_labels, lengths_of, sorted_batches
 from leantune.distributed import eval_batches, gather_outputs
 from leantune.errors import LeantuneError
@@ -56,7 +57,7 @@ class EvaluationLoop:
         model.eval()
         start = time.perf_counter()
         logits, labels, positions = [], [], []
-        with torch.inference_mode():
+        with torch.inference_mode(), cls_only_last_layer(model, args.cls_only_last_layer):
             for batch in self.log.bar(loader, desc=prefix, leave=False):
                 pos = batch.pop("_pos")
                 out = model(**self._model_inputs(batch, with_labels=False))

@@ -48,6 +48,7 @@ from leantune.collate import (
     ShuffledBatchSampler,
     lengths_of,
 )
+from leantune.clsonly import cls_only_last_layer
 from leantune.compact import compact_embeddings
 from leantune.config import TrainingArguments
 from leantune.control import BestTracker, GracefulStop, NonFiniteGuard, signal_name
@@ -119,9 +120,11 @@ class Trainer(EvaluationLoop):
         from a checkpoint directory, or with True from the newest complete one in `args.output_dir`."""
         if self.train_dataset is None:
             raise LeantuneError("Trainer.train() needs a train_dataset")
-        # On CPU only the embedding rows the training set uses are trained: the same maths, less work.
+        # The same maths, less work: on CPU only the embedding rows the training set uses are trained, and
+        # the last layer is computed for [CLS] alone (what the classifier reads).
         with compact_embeddings(self.model, self.train_dataset, self.args, self.accelerator.device,
-                                [getattr(self.data_collator, "pad_token_id", None)]):
+                                [getattr(self.data_collator, "pad_token_id", None)]), \
+                cls_only_last_layer(self.model, self.args.cls_only_last_layer):
             return self._train(resume_from_checkpoint)
 
     def _train(self, resume_from_checkpoint: str | bool | None) -> TrainOutput:

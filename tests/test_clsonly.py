@@ -1,0 +1,112 @@
+"""The last layer for [CLS] only (leantune/clsonly.py): same logits and gradients, less work."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import toy_rows
+from datasets import Dataset, DatasetDict
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BertConfig,
+    BertForSequenceClassification,
+    BertForTokenClassification,
+    ElectraConfig,
+    ElectraForSequenceClassification,
+    RobertaConfig,
+    RobertaForSequenceClassification,
+)
+
+from leantune import Trainer, TrainingArguments, tokenize
+from leantune.clsonly import cls_only_last_layer, last_layer
+
+SIZES = dict(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+             max_position_embeddings=64)
+
+
+def _model(kind: str, attn: str = "sdpa") -> torch.nn.Module:
+    torch.manual_seed(0)
+    if kind == "bert":
+        model = BertForSequenceClassification(BertConfig(**SIZES, num_labels=3))
+    elif kind == "roberta":
+        model = RobertaForSequenceClassification(RobertaConfig(**SIZES, num_labels=3, pad_token_id=1))
+    else:
+        model = ElectraForSequenceClassification(ElectraConfig(**SIZES, embedding_size=32, num_labels=3))
+    model.config._attn_implementation = attn
+    return model
+
+
+def _batch() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(5, 120, (4, 11), generator=g)
+    mask = torch.ones_like(ids)
+    for row, length in enumerate((11, 7, 3, 9)):  # padded rows: the mask matters in the [CLS] row too
+        mask[row, length:] = 0
+        ids[row, length:] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([0, 1, 2, 1])}
+
+
+def _logits_and_grads(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    model.zero_grad(set_to_none=True)
+    out = model(**batch)
+    out.loss.backward()
+    return out.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("kind,attn", [("bert", "sdpa"), ("bert", "eager"), ("roberta", "sdpa"), ("electra", "sdpa")])
+def test_same_logits_and_gradients_as_the_full_last_layer(kind, attn):
+    model, batch = _model(kind, attn).eval(), _batch()  # eval: no dropout, so both runs are deterministic
+    full_logits, full_grads = _logits_and_grads(model, batch)
+    with cls_only_last_layer(model) as applied:
+        logits, grads = _logits_and_grads(model, batch)
+    assert applied
+    torch.testing.assert_close(logits, full_logits, rtol=1e-5, atol=1e-6)
+    assert grads.keys() == full_grads.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, full_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_the_last_layer_runs_one_row_inside_and_every_row_after():
+    model, batch = _model("bert"), _batch()
+    layer = last_layer(model)
+    rows: list[int] = []
+    layer.intermediate.dense.register_forward_hook(lambda m, i, o: rows.append(i[0].shape[1]))
+    with cls_only_last_layer(model):
+        with cls_only_last_layer(model):  # nested (evaluation inside training) keeps the outer patch
+            model(**batch)
+        model(**batch)
+    model(**batch)
+    assert rows == [1, 1, 11]
+    assert "forward" not in layer.__dict__
+
+
+def test_models_whose_head_reads_every_position_are_left_alone():
+    model = BertForTokenClassification(BertConfig(**SIZES))
+    with cls_only_last_layer(model) as applied:
+        assert not applied
+    decoder = BertForSequenceClassification(BertConfig(**SIZES, is_decoder=True))
+    with cls_only_last_layer(decoder) as applied:
+        assert not applied
+    with cls_only_last_layer(_model("bert"), enabled=False) as applied:
+        assert not applied
+
+
+def test_training_with_and_without_it_ends_at_the_same_weights(tiny_bert, tmp_path):
+    tok = AutoTokenizer.from_pretrained(tiny_bert)
+    data = tokenize(DatasetDict({"train": Dataset.from_list(toy_rows(48))}), tok, ("sentence1", "sentence2"))["train"]
+    weights, metrics = [], []
+    for on in (True, False):
+        # no dropout: the two runs' random streams would differ (fewer masks drawn), not their maths
+        model = AutoModelForSequenceClassification.from_pretrained(
+            tiny_bert, num_labels=2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+        args = TrainingArguments(str(tmp_path / str(on)), num_train_epochs=2, learning_rate=1e-3, seed=0,
+                                 cls_only_last_layer=on, disable_tqdm=True, use_cpu=True)
+        trainer = Trainer(model, args, train_dataset=data, eval_dataset=data, processing_class=tok)
+        trainer.train()
+        metrics.append(trainer.evaluate()["eval_loss"])
+        weights.append(trainer.model.state_dict())
+        assert "forward" not in last_layer(trainer.model).__dict__  # the user's model is given back unpatched
+    for name, w in weights[0].items():
+        torch.testing.assert_close(w, weights[1][name], rtol=1e-4, atol=1e-5, msg=name)
+    assert metrics[0] == pytest.approx(metrics[1], rel=1e-4)
