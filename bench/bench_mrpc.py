@@ -85,8 +85,9 @@ def run_system(system: str, seed: int, args) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def summarize(runs: list[dict], peak: float, shape: tuple[int, int, int], ref_sps: float | None,
+def summarize(runs: list[dict], peak: float, shape: tuple[int, int, int], ref_sps: dict[int, float],
               sheet: float | None = None) -> dict:
+    """Mean (and std over seeds) of each column; the ratio is against the `hf` run of the same seed."""
     n_mm, layers, hidden = shape
     per = []
     for r in runs:
@@ -98,13 +99,16 @@ def summarize(runs: list[dict], peak: float, shape: tuple[int, int, int], ref_sp
                     "sol": flops / r["train_s"] / (peak * 1e9)})
         if sheet:  # GPU only: no datasheet peak for a CPU
             per[-1]["mfu"] = flops / r["train_s"] / (sheet * 1e9)
+        if r["seed"] in ref_sps:
+            per[-1]["ratio"] = per[-1]["samples_s"] / ref_sps[r["seed"]]
 
     def stat(key):
-        vals = [p[key] for p in per]
+        vals = [p[key] for p in per if key in p]
         return statistics.mean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
 
-    out = {k: stat(k) for k in per[0]}
-    out["ratio"] = (out["samples_s"][0] / ref_sps, 0.0) if ref_sps else (float("nan"), 0.0)
+    out = {k: stat(k) for k in {k: None for p in per for k in p}}
+    if "ratio" not in out:
+        out["ratio"] = (float("nan"), 0.0)
     return out
 
 
@@ -134,10 +138,11 @@ def main() -> None:
     where = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{torch.get_num_threads()} CPU threads"
     print(f"peak {args.precision} matmul: {peak:.1f} GFLOP/s on {where}; torch {torch.__version__}"
           + (f"; datasheet bf16 peak {sheet / 1e3:.0f} TFLOP/s" if sheet else ""), flush=True)
-    raw = {}
-    for system in systems:
-        raw[system] = []
-        for seed in seeds:
+    raw = {system: [] for system in systems}
+    # Seed by seed, every system in turn: this machine's speed drifts over a long run (its GEMM peak by
+    # 10-15%), so each system's runs are spread over the same stretch of time, and ratios are per seed.
+    for seed in seeds:
+        for system in systems:
             r = run_system(system, seed, args)
             if r is not None:
                 raw[system].append(r)
@@ -147,13 +152,13 @@ def main() -> None:
     raw = {s: runs for s, runs in raw.items() if runs}
     peak_after = peak_matmul_gflops(args.precision)
     shape = model_shape(args.model, args.arch)
-    ref = summarize(raw["hf"], peak, shape, None)["samples_s"][0] if "hf" in raw else None
+    ref = {r["seed"]: r["train_examples"] * r["epochs"] / r["train_s"] for r in raw.get("hf", [])}
     rows = {s: summarize(runs, peak, shape, ref, sheet) for s, runs in raw.items()}
     head = ["system", "s/epoch", "samples/s", "real tok/s", "pad waste %", "peak RSS MB", "dev acc", "dev F1",
             "vs HF ref", "speed of light"] + (["MFU"] if sheet else [])
     table = [head] + [[s, fmt(r["s_per_epoch"], ".2f" if sheet else ".1f"), fmt(r["samples_s"], ".1f"),
                        fmt(r["tokens_s"], ".0f"), fmt(r["waste"], ".1f", 100), fmt(r["rss"], ".0f"),
-                       fmt(r["acc"], ".1f", 100), fmt(r["f1"], ".1f", 100), f"{r['ratio'][0]:.2f}x",
+                       fmt(r["acc"], ".1f", 100), fmt(r["f1"], ".1f", 100), fmt(r["ratio"], ".2f") + "x",
                        fmt(r["sol"], ".1%")] + ([fmt(r["mfu"], ".2%")] if sheet else [])
                       for s, r in rows.items()]
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]
