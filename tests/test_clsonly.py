@@ -103,8 +103,11 @@ def test_training_with_and_without_it_ends_at_the_same_weights(tiny_bert, tmp_pa
         args = TrainingArguments(str(tmp_path / str(on)), num_train_epochs=2, learning_rate=1e-3, seed=0,
                                  cls_only_last_layer=on, disable_tqdm=True, use_cpu=True)
         trainer = Trainer(model, args, train_dataset=data, eval_dataset=data, processing_class=tok)
+        rows: set[int] = set()  # positions the last layer's feed-forward saw, in training and evaluation
+        last_layer(model).intermediate.dense.register_forward_hook(lambda m, i, o: rows.add(i[0].shape[1]))
         trainer.train()
         metrics.append(trainer.evaluate()["eval_loss"])
+        assert (rows == {1}) if on else (min(rows) > 1)
         weights.append(trainer.model.state_dict())
         assert "forward" not in last_layer(trainer.model).__dict__  # the user's model is given back unpatched
     for name, w in weights[0].items():
