@@ -41,6 +41,7 @@ from leantune.checkpoint import (
     write_checkpoint,
     write_training_files,
 )
+from leantune.clsonly import cls_only_last_layer
 from leantune.collate import (
     DataCollatorWithPadding,
     LengthGroupedBatchSampler,
@@ -48,7 +49,6 @@ from leantune.collate import (
     ShuffledBatchSampler,
     lengths_of,
 )
-from leantune.clsonly import cls_only_last_layer
 from leantune.compact import compact_embeddings
 from leantune.config import TrainingArguments
 from leantune.control import BestTracker, GracefulStop, NonFiniteGuard, signal_name

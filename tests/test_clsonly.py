@@ -21,8 +21,8 @@ from transformers import (
 from leantune import Trainer, TrainingArguments, tokenize
 from leantune.clsonly import cls_only_last_layer, last_layer
 
-SIZES = dict(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-             max_position_embeddings=64)
+SIZES = {"vocab_size": 120, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+         "intermediate_size": 64, "max_position_embeddings": 64}
 
 
 def _model(kind: str, attn: str = "sdpa") -> torch.nn.Module:
@@ -104,7 +104,7 @@ def test_training_with_and_without_it_ends_at_the_same_weights(tiny_bert, tmp_pa
                                  cls_only_last_layer=on, disable_tqdm=True, use_cpu=True)
         trainer = Trainer(model, args, train_dataset=data, eval_dataset=data, processing_class=tok)
         rows: set[int] = set()  # positions the last layer's feed-forward saw, in training and evaluation
-        last_layer(model).intermediate.dense.register_forward_hook(lambda m, i, o: rows.add(i[0].shape[1]))
+        last_layer(model).intermediate.dense.register_forward_hook(lambda m, i, o, rows=rows: rows.add(i[0].shape[1]))
         trainer.train()
         metrics.append(trainer.evaluate()["eval_loss"])
         assert (rows == {1}) if on else (min(rows) > 1)
