@@ -85,6 +85,10 @@ def run_system(system: str, seed: int, args) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def samples_per_s(run: dict) -> float:
+    return run["train_examples"] * run["epochs"] / run["train_s"]
+
+
 def summarize(runs: list[dict], peak: float, shape: tuple[int, int, int], ref_sps: dict[int, float],
               sheet: float | None = None) -> dict:
     """Mean (and std over seeds) of each column; the ratio is against the `hf` run of the same seed."""
@@ -93,7 +97,7 @@ def summarize(runs: list[dict], peak: float, shape: tuple[int, int, int], ref_sp
     for r in runs:
         epochs = r["epochs"]
         flops = 6 * n_mm * r["real_tokens"] + 12 * layers * hidden * r["attn_sq_tokens_per_epoch"] * epochs
-        per.append({"s_per_epoch": r["train_s"] / epochs, "samples_s": r["train_examples"] * epochs / r["train_s"],
+        per.append({"s_per_epoch": r["train_s"] / epochs, "samples_s": samples_per_s(r),
                     "tokens_s": r["real_tokens"] / r["train_s"], "waste": 1 - r["real_tokens"] / r["padded_tokens"],
                     "rss": r["peak_rss_mb"], "acc": r["dev_accuracy"], "f1": r["dev_f1"],
                     "sol": flops / r["train_s"] / (peak * 1e9)})
@@ -152,7 +156,7 @@ def main() -> None:
     raw = {s: runs for s, runs in raw.items() if runs}
     peak_after = peak_matmul_gflops(args.precision)
     shape = model_shape(args.model, args.arch)
-    ref = {r["seed"]: r["train_examples"] * r["epochs"] / r["train_s"] for r in raw.get("hf", [])}
+    ref = {r["seed"]: samples_per_s(r) for r in raw.get("hf", [])}
     rows = {s: summarize(runs, peak, shape, ref, sheet) for s, runs in raw.items()}
     head = ["system", "s/epoch", "samples/s", "real tok/s", "pad waste %", "peak RSS MB", "dev acc", "dev F1",
             "vs HF ref", "speed of light"] + (["MFU"] if sheet else [])
