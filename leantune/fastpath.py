@@ -29,18 +29,44 @@ from torch import nn
 ATTN_NAME = "leantune_sdpa"
 
 
+def _uniform32(n: int) -> np.ndarray:
+    """n uniform 32-bit integers from SFC64, seeded by one draw from torch's global generator."""
+    seed = int(torch.randint(0, 2**62, (1,)).item())
+    raw = np.random.Generator(np.random.SFC64(seed)).bit_generator.random_raw((n + 1) // 2)
+    return raw.view(np.uint32)[:n]
+
+
+def _threshold(p: float) -> np.uint32:
+    return np.uint32(min(round(p * 2**32), 2**32 - 1))
+
+
 def keep_mask(shape: torch.Size, p: float) -> torch.Tensor:
     """A boolean tensor, True with probability 1 - p, drawn from SFC64 seeded by torch's generator."""
     n = int(np.prod(shape))
-    seed = int(torch.randint(0, 2**62, (1,)).item())
-    raw = np.random.Generator(np.random.SFC64(seed)).bit_generator.random_raw((n + 1) // 2)
-    uniform32 = raw.view(np.uint32)[:n]
-    return torch.from_numpy(uniform32 >= np.uint32(min(round(p * 2**32), 2**32 - 1))).view(shape)
+    return torch.from_numpy(_uniform32(n) >= _threshold(p)).view(shape)
+
+
+def scaled_mask(shape: torch.Size, p: float) -> torch.Tensor:
+    """The same draw as `keep_mask` as float32: 1 / (1 - p) where kept, 0 where dropped.
+
+    Multiplying by it is one pass; multiplying by a bool mask makes torch convert the mask to float
+    first, on every call, forward and backward (on a 2-core CPU that conversion costs more than the
+    multiply). x * float32(1 / (1 - p)) is also exactly what x * keep * (1 / (1 - p)) rounds to.
+    """
+    n = int(np.prod(shape))
+    scale = np.float32(1.0 / (1.0 - p))
+    return torch.from_numpy(np.multiply(_uniform32(n) >= _threshold(p), scale, dtype=np.float32)).view(shape)
 
 
 class _Dropout(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, p: float) -> torch.Tensor:
+        if x.dtype == torch.float32:
+            mask = scaled_mask(x.shape, p).to(x.device)
+            ctx.save_for_backward(mask)
+            ctx.scale = None
+            return x.mul(mask)
+        # other dtypes (bf16 under autocast): a float32 mask would promote the result, so bool + scale
         keep = keep_mask(x.shape, p).to(x.device)
         ctx.save_for_backward(keep)
         ctx.scale = 1.0 / (1.0 - p)
@@ -48,8 +74,10 @@ class _Dropout(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        (keep,) = ctx.saved_tensors
-        return grad.mul(keep).mul_(ctx.scale), None
+        (mask,) = ctx.saved_tensors
+        if ctx.scale is None:
+            return grad.mul(mask), None
+        return grad.mul(mask).mul_(ctx.scale), None
 
 
 def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:

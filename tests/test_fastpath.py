@@ -1,0 +1,81 @@
+"""The fast CPU dropout: Bernoulli(1 - p) masks, the usual scaling, the same mask in backward,
+reproducible from torch's seed; and `fast_training` swaps modules in and back out."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from leantune.fastpath import FastDropout, dropout, fast_training, keep_mask, scaled_mask
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_drop_rate_and_scaling(p):
+    torch.manual_seed(0)
+    x = torch.rand(200_000) + 1.0  # no zeros: an output zero means a dropped element
+    y = dropout(x, p)
+    dropped = (y == 0).double().mean().item()
+    # 6 standard deviations of a Binomial(200000, p) rate
+    assert abs(dropped - p) < 6 * math.sqrt(p * (1 - p) / x.numel())
+    kept = y != 0
+    assert torch.equal(y[kept], x[kept] * torch.tensor(1 / (1 - p), dtype=torch.float32))
+
+
+def test_backward_uses_the_forward_mask():
+    torch.manual_seed(1)
+    x = (torch.rand(8, 12, 33, 33) + 1.0).requires_grad_()
+    y = dropout(x, 0.1)
+    g = torch.randn_like(x)
+    y.backward(g)
+    scale = torch.tensor(1 / 0.9, dtype=torch.float32)
+    assert torch.equal(x.grad, torch.where(y != 0, g * scale, torch.zeros_like(g)))
+
+
+def test_float_mask_is_the_bool_mask_scaled_and_bit_identical_to_multiplying_by_both():
+    x = torch.randn(8, 40, 384)
+    torch.manual_seed(7)
+    keep = keep_mask(x.shape, 0.1)
+    torch.manual_seed(7)
+    mask = scaled_mask(x.shape, 0.1)
+    assert mask.dtype == torch.float32 and keep.float().mean() > 0.85
+    assert torch.equal(mask != 0, keep)
+    assert torch.equal(x * mask, x.mul(keep).mul_(1 / 0.9))  # what the bool path computed
+
+
+def test_reproducible_from_torch_seed_and_other_dtypes_keep_theirs():
+    x = torch.randn(4, 50, 64)
+    torch.manual_seed(3)
+    a = dropout(x, 0.2)
+    torch.manual_seed(3)
+    b = dropout(x, 0.2)
+    torch.manual_seed(4)
+    c = dropout(x, 0.2)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    torch.manual_seed(3)
+    h = dropout(x.bfloat16(), 0.2)  # bf16 (CPU autocast): same mask, result stays bf16
+    assert h.dtype == torch.bfloat16
+    assert torch.equal(h == 0, a == 0)
+
+
+def test_identity_in_eval_or_at_p0_and_zeros_at_p1():
+    x = torch.randn(3, 5)
+    assert dropout(x, 0.1, training=False) is x
+    assert dropout(x, 0.0) is x
+    assert torch.equal(dropout(x, 1.0), torch.zeros_like(x))
+
+
+def test_fast_training_swaps_dropouts_and_puts_the_originals_back():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.3), nn.Sequential(nn.Dropout(0.1)))
+    originals = [model[1], model[2][0]]
+    with fast_training(model):
+        inner = [model[1], model[2][0]]
+        assert all(type(m) is FastDropout for m in inner)
+        assert [m.p for m in inner] == [0.3, 0.1]
+        model.eval()  # a mode change inside the block reaches the originals on exit
+    assert [model[1], model[2][0]] == originals
+    assert not any(m.training for m in originals)
+    with fast_training(model, enabled=False):
+        assert model[1] is originals[0]
