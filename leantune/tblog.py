@@ -7,9 +7,12 @@ step; `eval/<metric>` per evaluation (`eval/validation_matched_accuracy` for MNL
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from pathlib import Path
 from typing import Any
+
+from leantune.errors import LeantuneError
 
 # Counters and timings that would only clutter TensorBoard's scalar page.
 _SKIP = ("step", "kind", "world_size")
@@ -19,6 +22,10 @@ class TensorBoardWriter:
     """A lazily opened `SummaryWriter` on `log_dir` (nothing is created until the first record)."""
 
     def __init__(self, log_dir: Path) -> None:
+        # Said before training starts, not as a traceback at the first log line: tensorboard is optional.
+        if importlib.util.find_spec("tensorboard") is None:
+            raise LeantuneError("--report-to tensorboard needs the tensorboard package: pip install tensorboard "
+                                "(or pip install 'leantune[tensorboard]')")
         self.log_dir = Path(log_dir)
         self._writer: Any = None
 

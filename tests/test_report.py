@@ -214,3 +214,13 @@ def test_report_for_regression_and_three_labels(tmp_path):
     assert "4 of 6 misclassified" in html and ">t5<" not in html  # t0 and t5 are right
     assert html.index(">t4<") < html.index(">t3<") < html.index(">t2<") < html.index(">t1<")  # most confident first
     assert "No lengths.json" in html  # a missing input is said, not fatal
+
+
+def test_tensorboard_missing_is_a_one_line_error_before_anything_is_written(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # importlib then finds no such package
+    with pytest.raises(LeantuneError, match=r"^--report-to tensorboard needs the tensorboard package: pip install"):
+        RunLog(tmp_path / "out", report_to="tensorboard")
+    assert not (tmp_path / "out" / "runs").exists()
+    RunLog(tmp_path / "out2", report_to="none")  # without the flag, tensorboard is not needed
