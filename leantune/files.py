@@ -17,6 +17,7 @@ from typing import Any
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
 from leantune.errors import LeantuneError
+from leantune.tasks import HasLabels
 
 FILE_FORMATS = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
 MAX_CLASSES = 10_000  # integer labels beyond this are ids of no classifier (and would exhaust memory)
@@ -24,20 +25,12 @@ _ID_LIKE = {"id", "idx", "index", "guid", "uid"}
 
 
 @dataclass(frozen=True)
-class DataInfo:
+class DataInfo(HasLabels):
     """What the model needs to know about a loaded dataset."""
 
     text_columns: tuple[str, ...]
     label_names: tuple[str, ...] | None  # None means regression
     task: str | None = None
-
-    @property
-    def is_regression(self) -> bool:
-        return self.label_names is None
-
-    @property
-    def num_labels(self) -> int:
-        return 1 if self.label_names is None else len(self.label_names)
 
 
 def column_list(columns: Any) -> str:

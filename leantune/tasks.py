@@ -9,8 +9,22 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+class HasLabels:
+    """`is_regression` and `num_labels` for anything with `label_names` (None: one regression output)."""
+
+    label_names: tuple[str, ...] | None
+
+    @property
+    def is_regression(self) -> bool:
+        return self.label_names is None
+
+    @property
+    def num_labels(self) -> int:
+        return 1 if self.label_names is None else len(self.label_names)
+
+
 @dataclass(frozen=True)
-class GlueTask:
+class GlueTask(HasLabels):
     """One GLUE task.
 
     `tsv_columns` maps each text feature to its column in the official TSV file: a header name, or an
@@ -30,14 +44,6 @@ class GlueTask:
     # columns of the test file when they differ from train/dev (CoLA's test file has a header)
     test_tsv_columns: dict[str, str | int] | None = None
     has_header: bool = True
-
-    @property
-    def is_regression(self) -> bool:
-        return self.label_names is None
-
-    @property
-    def num_labels(self) -> int:
-        return 1 if self.label_names is None else len(self.label_names)
 
     @property
     def main_metric(self) -> str:
