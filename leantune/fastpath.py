@@ -5,7 +5,9 @@ at a time; for a MiniLM step that is ~10% of the time. Here each dropout mask co
 SFC64 generator, 64 random bits per draw split into two 32-bit uniforms, compared with p * 2^32:
 still Bernoulli(1 - p) per element (resolution 2^-32, finer than torch's 2^-24), with the usual
 1 / (1 - p) scaling, about 4x faster. SFC64 is seeded from torch's global generator at each call, so
-a run stays reproducible from `torch.manual_seed` and resumable from torch's RNG state alone.
+a run stays reproducible from `torch.manual_seed` and resumable from torch's RNG state alone. For
+float32 inputs the mask is kept as a float32 holding 0 or 1 / (1 - p), so forward and backward are one
+multiply each (see `scaled_mask`).
 
     with fast_training(model):   # swaps nn.Dropout modules and the attention function, then restores
         loss = model(**batch).loss
