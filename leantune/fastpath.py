@@ -31,21 +31,17 @@ from torch import nn
 ATTN_NAME = "leantune_sdpa"
 
 
-def _uniform32(n: int) -> np.ndarray:
-    """n uniform 32-bit integers from SFC64, seeded by one draw from torch's global generator."""
+def _keep(n: int, p: float) -> np.ndarray:
+    """n booleans, True with probability 1 - p: 32-bit uniforms from SFC64 (seeded by one draw from
+    torch's global generator) compared with p * 2^32."""
     seed = int(torch.randint(0, 2**62, (1,)).item())
     raw = np.random.Generator(np.random.SFC64(seed)).bit_generator.random_raw((n + 1) // 2)
-    return raw.view(np.uint32)[:n]
-
-
-def _threshold(p: float) -> np.uint32:
-    return np.uint32(min(round(p * 2**32), 2**32 - 1))
+    return raw.view(np.uint32)[:n] >= np.uint32(min(round(p * 2**32), 2**32 - 1))
 
 
 def keep_mask(shape: torch.Size, p: float) -> torch.Tensor:
     """A boolean tensor, True with probability 1 - p, drawn from SFC64 seeded by torch's generator."""
-    n = int(np.prod(shape))
-    return torch.from_numpy(_uniform32(n) >= _threshold(p)).view(shape)
+    return torch.from_numpy(_keep(int(np.prod(shape)), p)).view(shape)
 
 
 def scaled_mask(shape: torch.Size, p: float) -> torch.Tensor:
@@ -55,9 +51,8 @@ def scaled_mask(shape: torch.Size, p: float) -> torch.Tensor:
     first, on every call, forward and backward (on a 2-core CPU that conversion costs more than the
     multiply). x * float32(1 / (1 - p)) is also exactly what x * keep * (1 / (1 - p)) rounds to.
     """
-    n = int(np.prod(shape))
     scale = np.float32(1.0 / (1.0 - p))
-    return torch.from_numpy(np.multiply(_uniform32(n) >= _threshold(p), scale, dtype=np.float32)).view(shape)
+    return torch.from_numpy(np.multiply(_keep(int(np.prod(shape)), p), scale, dtype=np.float32)).view(shape)
 
 
 class _Dropout(torch.autograd.Function):

@@ -24,8 +24,7 @@ class TensorBoardWriter:
     def __init__(self, log_dir: Path) -> None:
         # Said before training starts, not as a traceback at the first log line: tensorboard is optional.
         if importlib.util.find_spec("tensorboard") is None:
-            raise LeantuneError("--report-to tensorboard needs the tensorboard package: pip install tensorboard "
-                                "(or pip install 'leantune[tensorboard]')")
+            raise LeantuneError("--report-to tensorboard needs the tensorboard package: pip install tensorboard")
         self.log_dir = Path(log_dir)
         self._writer: Any = None
 
