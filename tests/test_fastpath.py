@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from leantune import kernels
 from leantune.fastpath import FastDropout, dropout, fast_training, keep_mask, scaled_mask
 
 
@@ -79,3 +80,56 @@ def test_fast_training_swaps_dropouts_and_puts_the_originals_back():
     assert not any(m.training for m in originals)
     with fast_training(model, enabled=False):
         assert model[1] is originals[0]
+
+
+# ---- the C kernel (leantune/kernels.py) and its numpy twin
+
+
+def test_the_c_kernel_and_numpy_draw_the_same_stream(monkeypatch):
+    if kernels.library() is None:
+        pytest.skip("no C compiler here: the numpy path is the only one")
+    for n in (1, 2, 7, 100_001):  # odd sizes: the last draw's high half is unused
+        x = torch.randn(n)
+        out, mask = kernels.dropout_f32(x, seed=12345, p=0.1)
+        keep = torch.from_numpy(kernels.keep(n, 12345, 0.1))
+        scale = torch.tensor(1 / 0.9, dtype=torch.float32)
+        assert torch.equal(mask, keep.float() * scale) and torch.equal(out, x * mask)
+    # non-contiguous input, and the fallback (no kernel) giving the same dropout for the same torch seed
+    x = torch.randn(6, 50, 64).transpose(1, 2)
+    torch.manual_seed(5)
+    fast = dropout(x, 0.1)
+    monkeypatch.setattr(kernels, "dropout_f32", lambda *a: None)
+    torch.manual_seed(5)
+    assert torch.equal(dropout(x, 0.1), fast)
+
+
+def test_without_a_compiler_the_kernel_says_so_in_one_line_and_dropout_still_works(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("LEANTUNE_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    kernels.library.cache_clear()
+    try:
+        assert kernels.library() is None and kernels.dropout_f32(torch.randn(10), 1, 0.1) is None
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "C dropout kernel was not built" in err and "no-such-cc" in err
+        assert list(tmp_path.rglob("*.so")) == []  # nothing half-built left in the cache
+        torch.manual_seed(0)
+        y = dropout(torch.ones(1000), 0.5)
+        assert 350 < int((y == 0).sum()) < 650
+    finally:
+        kernels.library.cache_clear()  # the next caller builds (or finds) the real one again
+
+
+def test_attention_with_dropout_matches_the_masked_fill_reference_bit_for_bit():
+    from leantune.fastpath import attention
+
+    module = nn.Module().train()
+    q, k, v = (torch.randn(2, 4, 9, 8) for _ in range(3))
+    for lengths in ([9, 5], [3, 9]):  # two padding patterns: the converted mask must follow each
+        keep_keys = torch.arange(9)[None, :] < torch.tensor(lengths)[:, None]
+        mask = keep_keys[:, None, None, :].expand(2, 1, 9, 9).clone()  # (batch, 1, queries, keys), True = attend
+        torch.manual_seed(11)
+        out, _ = attention(module, q, k, v, mask, dropout=0.1)
+        torch.manual_seed(11)
+        scores = (q @ k.transpose(-2, -1) * 8**-0.5).masked_fill(~mask, torch.finfo(torch.float32).min)
+        probs = torch.softmax(scores, -1) * scaled_mask(scores.shape, 0.1)
+        assert torch.equal(out, (probs @ v).transpose(1, 2))
