@@ -77,6 +77,22 @@ def test_compact_training_gives_the_same_weights_and_leaves_unused_rows_alone(ti
     assert [r.get("eval_loss") for r in full.log_history] == [r.get("eval_loss") for r in compact.log_history]
 
 
+def test_the_persistent_gradient_buffer_is_exact_across_steps_and_micro_batches(tiny_bert, tmp_path, spy,
+                                                                                 monkeypatch):
+    # the compact gradient is one buffer for the whole run, zeroed row by row between optimizer steps:
+    # rows left over from an earlier step, or a lost micro-batch, would show up as different weights
+    kw = {"gradient_accumulation_steps": 2, "max_grad_norm": 0.05}
+    buffered, _ = _train(tiny_bert, tmp_path / "buffered", compact=True, **kw)
+    with monkeypatch.context() as m:
+        m.setattr(CompactEmbedding, "_buffered", lambda self: False)  # autograd's own dense gradient
+        dense, _ = _train(tiny_bert, tmp_path / "dense", compact=True, **kw)
+    full, _ = _train(tiny_bert, tmp_path / "full", compact=False, **kw)
+    assert spy[0]._grad_buffer is not None and spy[1]._grad_buffer is None and buffered.global_step > 4
+    wb, wd, wf = buffered.model.state_dict(), dense.model.state_dict(), full.model.state_dict()
+    assert all(torch.equal(wb[k], wd[k]) for k in wb), [k for k in wb if not torch.equal(wb[k], wd[k])]
+    assert all(torch.equal(wb[k], wf[k]) for k in wb)
+
+
 def test_checkpoints_hold_the_full_model_and_resume_with_or_without_compaction(tiny_bert, tmp_path, spy):
     straight, _ = _train(tiny_bert, tmp_path / "a", compact=True, save_strategy="epoch")
     ckpt = tmp_path / "a" / "checkpoint-8"  # end of the first of 3 epochs of 8 steps
