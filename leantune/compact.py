@@ -143,8 +143,8 @@ class CompactEmbedding(nn.Module):
 
     @torch.no_grad()
     def _attach_grad_buffer(self) -> None:
-        """Give the weight its zeroed dense gradient before the first backward of a step accumulates
-        into it.
+        """Give the weight (whose gradient is None: the step's first micro-batch) its zeroed dense
+        gradient before the backward accumulates into it.
 
         Autograd's dense embedding gradient is a fresh zero-filled matrix every step (MiniLM on MRPC:
         11,566 x 384, 17.8 MB), and a fresh allocation of that size is often new memory from the OS,
@@ -152,8 +152,6 @@ class CompactEmbedding(nn.Module):
         buffer is allocated once; only the rows the last step's tokens touched are zeroed again (every
         other row is still exactly 0: the gradient, the clip and AdamW never write a row no token hit).
         """
-        if self.weight.grad is not None:  # a later micro-batch of the same step, or a caller's own grad
-            return
         if self._grad_buffer is None:
             self._grad_buffer = torch.zeros_like(self.weight)
         elif self._touched:

@@ -39,10 +39,14 @@ def _seed() -> int:
     return int(torch.randint(0, 2**62, (1,)).item())
 
 
+def _keep(shape: torch.Size, p: float, seed: int | None) -> np.ndarray:
+    return kernels.keep(int(np.prod(shape)), _seed() if seed is None else seed, p)
+
+
 def keep_mask(shape: torch.Size, p: float, seed: int | None = None) -> torch.Tensor:
     """A boolean tensor, True with probability 1 - p: the kernels' stream, seeded by `seed` (default: a
     draw from torch's generator)."""
-    return torch.from_numpy(kernels.keep(int(np.prod(shape)), _seed() if seed is None else seed, p)).view(shape)
+    return torch.from_numpy(_keep(shape, p, seed)).view(shape)
 
 
 def scaled_mask(shape: torch.Size, p: float, seed: int | None = None) -> torch.Tensor:
@@ -52,9 +56,7 @@ def scaled_mask(shape: torch.Size, p: float, seed: int | None = None) -> torch.T
     first, on every call, forward and backward (on a 2-core CPU that conversion costs more than the
     multiply). x * float32(1 / (1 - p)) is also exactly what x * keep * (1 / (1 - p)) rounds to.
     """
-    scale = np.float32(1.0 / (1.0 - p))
-    keep = kernels.keep(int(np.prod(shape)), _seed() if seed is None else seed, p)
-    return torch.from_numpy(np.multiply(keep, scale, dtype=np.float32)).view(shape)
+    return torch.from_numpy(np.multiply(_keep(shape, p, seed), kernels.scale(p), dtype=np.float32)).view(shape)
 
 
 class _Dropout(torch.autograd.Function):

@@ -61,6 +61,11 @@ def threshold(p: float) -> int:
     return min(round(p * 2**32), 2**32 - 1)
 
 
+def scale(p: float) -> float:
+    """What a kept element is multiplied by: 1 / (1 - p), rounded to float32 once."""
+    return float(np.float32(1.0 / (1.0 - p)))
+
+
 def keep(n: int, seed: int, p: float) -> np.ndarray:
     """n booleans of the stream (True = kept), computed in numpy; uint64 arithmetic wraps as in C."""
     z = np.arange(1, (n + 1) // 2 + 1, dtype=np.uint64)
@@ -142,6 +147,5 @@ def dropout_f32(x: torch.Tensor, seed: int, p: float) -> tuple[torch.Tensor, tor
         return None
     x = x.contiguous()
     out, mask = torch.empty_like(x), torch.empty_like(x)
-    scale = float(np.float32(1.0 / (1.0 - p)))
-    lib.lt_dropout_f32(x.data_ptr(), out.data_ptr(), mask.data_ptr(), x.numel(), seed, threshold(p), scale)
+    lib.lt_dropout_f32(x.data_ptr(), out.data_ptr(), mask.data_ptr(), x.numel(), seed, threshold(p), scale(p))
     return out, mask
