@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from leantune import kernels
 from leantune.compact import full_shape_optimizer_state
 from leantune.config import TrainingArguments
 from leantune.distributed import on_cpu
@@ -55,15 +56,18 @@ def clip_grad_norm(accelerator: Any, optimizer: torch.optim.Optimizer, parameter
     With the fused AdamW on CPU (and no fp16 grad scaler) the clip is folded into the step: the kernel
     divides each gradient by its `grad_scale` as it reads it, which saves a separate pass multiplying
     every gradient. The factor is the reciprocal of clip_grad_norm_'s: x / s instead of x * (1 / s), the
-    same up to fp32 rounding, and exactly the same on steps the clip leaves alone (s = 1). Elsewhere:
-    Accelerate's clip_grad_norm_.
+    same up to fp32 rounding, and exactly the same on steps the clip leaves alone (s = 1). The norm is
+    summed in float64 by a C kernel where there is one (`kernels.sum_squares`: faster, and closer to
+    the exact norm than torch's float32 one). Elsewhere: Accelerate's clip_grad_norm_.
     """
     inner = getattr(optimizer, "optimizer", optimizer)  # inside Accelerate's AcceleratedOptimizer
     foldable = (accelerator.scaler is None and accelerator.device.type == "cpu" and type(inner) is torch.optim.AdamW
                 and all(group.get("fused") for group in inner.param_groups))
     if not foldable:
         return accelerator.clip_grad_norm_(parameters, max_norm)
-    norm = torch.nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None])
+    grads = [p.grad for p in parameters if p.grad is not None]
+    squares = kernels.sum_squares(grads)
+    norm = torch.nn.utils.get_total_norm(grads) if squares is None else torch.tensor(math.sqrt(squares))
     # torch.optim.AdamW reads `grad_scale` off the optimizer at each step (as GradScaler sets it); every
     # step sets it afresh, so a skipped step's value never reaches a later one.
     inner.grad_scale = torch.clamp((norm + 1e-6) / max_norm, min=1.0)  # clip_grad_norm_'s 1 / clip_coef

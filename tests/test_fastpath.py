@@ -1,5 +1,6 @@
 """The fast CPU dropout: Bernoulli(1 - p) masks, the usual scaling, the same mask in backward,
-reproducible from torch's seed; and `fast_training` swaps modules in and back out."""
+reproducible from torch's seed; the C GELU and sum of squares; and `fast_training` swaps modules in and
+back out."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 from torch import nn
 
 from leantune import kernels
-from leantune.fastpath import FastDropout, dropout, fast_training, keep_mask, scaled_mask
+from leantune.fastpath import FastDropout, FastGELU, dropout, fast_training, keep_mask, scaled_mask
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5])
@@ -108,13 +109,17 @@ def test_without_a_compiler_the_kernel_says_so_in_one_line_and_dropout_still_wor
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
     kernels.library.cache_clear()
     try:
-        assert kernels.library() is None and kernels.dropout_f32(torch.randn(10), 1, 0.1) is None
+        x = torch.randn(10)
+        assert kernels.library() is None and kernels.dropout_f32(x, 1, 0.1) is None
+        assert kernels.gelu_f32(x) is None and kernels.sum_squares([x]) is None
         err = capsys.readouterr().err.strip()
-        assert err.count("\n") == 0 and "C dropout kernel was not built" in err and "no-such-cc" in err
+        assert err.count("\n") == 0 and "C kernels were not built" in err and "no-such-cc" in err
         assert list(tmp_path.rglob("*.so")) == []  # nothing half-built left in the cache
         torch.manual_seed(0)
         y = dropout(torch.ones(1000), 0.5)
         assert 350 < int((y == 0).sum()) < 650
+        xg = torch.randn(50, requires_grad=True)
+        assert torch.equal(FastGELU().train()(xg), nn.functional.gelu(xg))  # torch's own, without the kernel
     finally:
         kernels.library.cache_clear()  # the next caller builds (or finds) the real one again
 
@@ -133,3 +138,73 @@ def test_attention_with_dropout_matches_the_masked_fill_reference_bit_for_bit():
         scores = (q @ k.transpose(-2, -1) * 8**-0.5).masked_fill(~mask, torch.finfo(torch.float32).min)
         probs = torch.softmax(scores, -1) * scaled_mask(scores.shape, 0.1)
         assert torch.equal(out, (probs @ v).transpose(1, 2))
+
+
+def _kernels_or_skip() -> None:
+    if kernels.library() is None:
+        pytest.skip("no C compiler here: torch's GELU and norm are used")
+
+
+def test_the_c_gelu_and_its_derivative_match_torch():
+    _kernels_or_skip()
+    for n in (1, 7, 4097, 200_003):  # the tail of a 4096 chunk; above the size split between threads
+        x = torch.randn(n, dtype=torch.float64) * 4
+        y, d = kernels.gelu_f32(x.float())
+        exact = x.clone().requires_grad_()
+        nn.functional.gelu(exact).sum().backward()
+        # torch's float32 GELU itself is ~4e-7 from the exact one: the same erf approximation
+        torch.testing.assert_close(y.double(), nn.functional.gelu(x), rtol=0, atol=1e-6)
+        torch.testing.assert_close(d.double(), exact.grad, rtol=0, atol=1e-6)
+    edge = torch.tensor([0.0, 30.0, -30.0, 1e30, -1e30, float("nan")])
+    y, d = kernels.gelu_f32(edge)
+    assert torch.equal(y[:5], torch.tensor([0.0, 30.0, 0.0, 1e30, 0.0]))  # -0.0 counts as 0.0
+    assert torch.equal(d[:5], torch.tensor([0.5, 1.0, 0.0, 1.0, 0.0]))
+    assert y[5].isnan() and d[5].isnan()
+
+
+def test_fast_gelu_trains_with_the_kernel_and_evaluates_with_torch():
+    _kernels_or_skip()
+    x = torch.randn(8, 40, 96, requires_grad=True)
+    grad = torch.randn(8, 40, 96)
+    gelu = FastGELU().train()
+    (fast_x,) = torch.autograd.grad(gelu(x), x, grad)
+    (ref_x,) = torch.autograd.grad(nn.functional.gelu(x), x, grad)
+    torch.testing.assert_close(gelu(x), nn.functional.gelu(x), rtol=0, atol=1e-6)
+    torch.testing.assert_close(fast_x, ref_x, rtol=0, atol=1e-5)
+    assert gelu(x).grad_fn is not None and type(gelu(x).grad_fn).__name__ == "_GELUBackward"  # the kernel's
+    assert torch.equal(gelu.eval()(x), nn.functional.gelu(x))  # evaluation: torch's, bit for bit
+
+
+def test_fast_training_swaps_exact_gelus_only():
+    from transformers.activations import ACT2FN
+
+    model = nn.Sequential(ACT2FN["gelu"], nn.GELU(), nn.GELU(approximate="tanh"), ACT2FN["gelu_new"])
+    originals = list(model)
+    with fast_training(model):
+        assert [type(m) for m in model][:2] == [FastGELU, FastGELU]
+        assert list(model)[2:] == originals[2:]  # the tanh approximations are other functions: left alone
+    assert list(model) == originals
+
+
+def test_kernels_give_the_same_result_on_one_thread_or_two():
+    _kernels_or_skip()
+    x = torch.randn(300_001)
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            results.append((*kernels.dropout_f32(x, 7, 0.1), *kernels.gelu_f32(x), kernels.sum_squares([x])))
+    finally:
+        torch.set_num_threads(threads)
+    one, two = results
+    assert all(torch.equal(a, b) for a, b in zip(one[:4], two[:4]))
+    assert one[4] == pytest.approx(two[4], rel=1e-12)  # float64 partial sums, added in another order
+
+
+def test_sum_squares_is_the_float64_sum_for_every_kind_of_tensor():
+    _kernels_or_skip()
+    tensors = [torch.randn(1_000_003) * 3, torch.randn(17), torch.randn(64, 33).t(),  # the last not contiguous
+               torch.randn(5, dtype=torch.bfloat16)]
+    exact = sum(float(t.double().pow(2).sum()) for t in tensors)
+    assert kernels.sum_squares(tensors) == pytest.approx(exact, rel=1e-12)
