@@ -16,8 +16,8 @@ faster than torch's float32 norms and closer to the exact value.
 The C source is below; it is compiled with the system's `cc` on first use and cached
 (`$LEANTUNE_CACHE`, else ~/.cache/leantune). Large loops run on torch's OpenMP threads (`-fopenmp`,
 resolved to the libgomp torch has loaded; without OpenMP they run on one thread: the same masks and
-GELU, the norm's float64 sum in another order). Without a compiler, or with LEANTUNE_NO_KERNELS=1, dropout falls back to `keep` (the same
-masks) and GELU and the norm to torch's own.
+GELU, the norm's float64 sum in another order). Without a compiler, or with LEANTUNE_NO_KERNELS=1,
+dropout falls back to `keep` (the same masks) and GELU and the norm to torch's own.
 """
 
 from __future__ import annotations
@@ -62,9 +62,9 @@ void lt_dropout_f32(const float *x, float *out, float *mask, int64_t n, uint64_t
         mask[n - 1] = m0; out[n - 1] = x[n - 1] * m0;
     }
 }
-/* exp(-q) for q >= 0: Cephes' range reduction and polynomial (~1 ulp). q is capped at 87 with an integer
+/* exp(-q) for q >= 0: Cephes' range reduction and polynomial (~1 ulp). q is capped at 86 with an integer
    min of its bits (for q >= 0 they order as the floats do), because a float comparison here stops gcc
-   from vectorizing the loop; beyond the cap the result is 0. */
+   from vectorizing the loop; at and beyond the cap the result is 0. */
 static inline __attribute__((always_inline)) float exp_neg(float q) {
     const int32_t cap = 0x42ac0000; /* 86.0f: exp(-86) is still a normal float */
     int32_t qb;
