@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -78,7 +79,10 @@ def run_system(system: str, seed: int, args) -> dict:
                "--epochs", str(args.epochs), "--max-train-samples", str(args.max_train_samples),
                "--seed", str(seed), "--out", out, "--precision", args.precision, "--arch", args.arch] + \
             (["--model", args.model] if args.model else [])
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        # `*_thp`: the same system with torch's transparent huge pages on (read by torch at its first large
+        # allocation, hence set for the whole process); everything else runs with torch's default, off
+        env = dict(os.environ, THP_MEM_ALLOC_ENABLE="1") if system.endswith("_thp") else None
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if proc.returncode != 0:  # say so and go on: one broken system must not cost the others' numbers
         print(f"  {system} seed {seed} FAILED:\n{proc.stderr[-1500:]}", flush=True)
         return None
@@ -123,9 +127,9 @@ def fmt(mean_std: tuple[float, float], spec: str, scale: float = 1.0) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--systems", default="hf,leantune", help="comma list: hf, hf_best, leantune, leantune_bf16, "
+    p.add_argument("--systems", default="hf,leantune", help="comma list: hf, hf_best, hf_thp, leantune, leantune_bf16, "
                    "leantune_nofast, leantune_plain, leantune_nogroup, leantune_foreach, leantune_compile, leantune_nographs, "
-                   "leantune_nocompact, leantune_nocls")
+                   "leantune_nocompact, leantune_nocls, leantune_thp")
     p.add_argument("--epochs", type=float, default=3)
     p.add_argument("--max-train-samples", type=int, default=0)
     p.add_argument("--seeds", default="42")

@@ -3,6 +3,7 @@
 Systems:
   hf        the HF `transformers.Trainer` with the course recipe (the reference)
   hf_best   the HF Trainer in its own best settings: group_by_length, torch_compile, fused AdamW
+  hf_thp, leantune_thp   hf or leantune with THP_MEM_ALLOC_ENABLE=1 (set by bench_mrpc.py)
   leantune  leantune's defaults
   leantune_bf16, leantune_nogroup, leantune_nofast, leantune_foreach, leantune_compile, leantune_nographs,
   leantune_nocompact, leantune_nocls
@@ -113,7 +114,8 @@ def run_leantune(args, variant: str):
     extra = {"": {}, "bf16": {"bf16": True}, "nogroup": {"group_by_length": False}, "nofast": {"fast_dropout": False},
              "plain": {"group_by_length": False, "fast_dropout": False}, "nographs": {"cuda_graphs": False},
              "foreach": {"optim": "adamw_torch"}, "compile": {"torch_compile": True, "pad_to_multiple_of": 16},
-             "nocompact": {"compact_embeddings": False}, "nocls": {"cls_only_last_layer": False}}[variant]
+             "nocompact": {"compact_embeddings": False}, "nocls": {"cls_only_last_layer": False},
+             "thp": {}}[variant]
     if args.precision == "bf16":
         extra["bf16"] = True
     targs = TrainingArguments(args.out, num_train_epochs=args.epochs, seed=args.seed, eval_strategy="no",
