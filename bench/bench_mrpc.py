@@ -80,7 +80,8 @@ def run_system(system: str, seed: int, args) -> dict:
                "--seed", str(seed), "--out", out, "--precision", args.precision, "--arch", args.arch] + \
             (["--model", args.model] if args.model else [])
         # `*_thp`: the same system with torch's transparent huge pages on (read by torch at its first large
-        # allocation, hence set for the whole process); everything else runs with torch's default, off
+        # allocation, hence set for the whole process); the others inherit this environment (torch: off
+        # unless THP_MEM_ALLOC_ENABLE is set)
         env = dict(os.environ, THP_MEM_ALLOC_ENABLE="1") if system.endswith("_thp") else None
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if proc.returncode != 0:  # say so and go on: one broken system must not cost the others' numbers
