@@ -3,10 +3,11 @@
 A BERT-family sequence classifier reads one row of the encoder's output: position 0 ([CLS] / <s>),
 through the pooler (BERT) or the classification head (RoBERTa, XLM-R, ELECTRA). In the last layer the
 other rows are computed and thrown away. Only their keys and values matter there, as what [CLS]
-attends to. So in that layer this computes the key and value projections for every position and
-everything else (query, attention, output projection, feed-forward, LayerNorms, dropouts) for
-position 0 alone. On MiniLM-L6 that removes 83% of the last layer's matrix multiplies (one sixth of
-the encoder) from both the forward and the backward pass.
+attends to. So in that layer this computes the query, attention, output projection, feed-forward,
+LayerNorms and dropouts for position 0 alone, and folds the key and value projections into [CLS]'s
+query and context (`_cls_attention`), so that the other positions cost a few dot products each. On
+MiniLM-L6 that removes nearly all of the last layer's matrix multiplies (one sixth of the encoder)
+from both the forward and the backward pass.
 
 It is the same maths: every row of a linear layer, LayerNorm or feed-forward is computed from that
 row alone, and [CLS]'s attention row is computed from all keys as before. The results agree to
@@ -59,25 +60,49 @@ def _has(module: nn.Module, path: str) -> bool:
         return False
 
 
+def _cls_attention(attn: nn.Module, hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """[CLS]'s self-attention over all positions, (batch, 1, heads * head) out, without projecting keys and values.
+
+    With one query per head, q . (W_k h_j + b_k) = (W_k^T q) . h_j + q . b_k, and the context
+    sum_j p_j (W_v h_j + b_v) = W_v (sum_j p_j h_j) + b_v sum_j p_j (p after dropout, which need not sum
+    to 1). Folding W_k into the query and W_v after the weighted sum costs heads x hidden per position
+    instead of hidden x hidden: the last layer's key and value projections, ~3% of MiniLM's matrix
+    multiplies, forward and backward, are gone. The same maths; sums are taken in another order.
+    """
+    from leantune.fastpath import ATTN_NAME
+    from leantune.fastpath import dropout as fast_dropout
+
+    batch, _, width = hidden.shape
+    heads, head = attn.num_attention_heads, attn.attention_head_size
+    query = attn.query(hidden[:, 0]).view(batch, heads, head).transpose(0, 1)  # (heads, batch, head)
+    w_k = attn.key.weight.view(heads, head, width)
+    # (batch, heads, width) @ (batch, width, length): every head's scores at once
+    scores = torch.bmm(torch.bmm(query, w_k).transpose(0, 1), hidden.transpose(1, 2))
+    if attn.key.bias is not None:  # constant over positions (softmax ignores it); kept for the same scores
+        scores = scores + (query * attn.key.bias.view(heads, 1, head)).sum(-1).t().unsqueeze(-1)
+    scores = scores * attn.scaling
+    if mask is not None:  # (batch, 1, 1, length) after keeping [CLS]'s query row
+        mask = mask.reshape(mask.shape[0], 1, mask.shape[-1])
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min) if mask.dtype == torch.bool else scores + mask
+    probs = torch.softmax(scores, dim=-1)
+    p = attn.dropout.p if attn.training else 0.0
+    if p > 0.0:
+        use_fast = attn.config._attn_implementation == ATTN_NAME  # fast_training is on: its dropout stream
+        probs = fast_dropout(probs, p) if use_fast else nn.functional.dropout(probs, p, training=True)
+    pooled = torch.bmm(probs, hidden).transpose(0, 1)  # (heads, batch, width): sum_j p_j h_j
+    context = torch.bmm(pooled, attn.value.weight.view(heads, head, width).transpose(1, 2))
+    if attn.value.bias is not None:
+        context = context + probs.sum(-1).t().unsqueeze(-1) * attn.value.bias.view(heads, 1, head)
+    return context.transpose(0, 1).reshape(batch, 1, heads * head)
+
+
 def _forward_cls(layer: nn.Module, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
                  *args: Any, **kwargs: Any) -> torch.Tensor:
-    """BertLayer.forward with queries (and everything after attention) for position 0 only."""
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-    from transformers.models.bert.modeling_bert import eager_attention_forward
-
-    attn = layer.attention.self
-    batch, length, _ = hidden_states.shape
-    head = attn.attention_head_size
-    cls = hidden_states[:, :1]
-    query = attn.query(cls).view(batch, 1, -1, head).transpose(1, 2)
-    key = attn.key(hidden_states).view(batch, length, -1, head).transpose(1, 2)
-    value = attn.value(hidden_states).view(batch, length, -1, head).transpose(1, 2)
+    """BertLayer.forward with the query (and everything after attention) for position 0 only."""
     if attention_mask is not None and attention_mask.dim() == 4 and attention_mask.shape[-2] > 1:
         attention_mask = attention_mask[:, :, :1]  # (batch, 1, queries, keys): keep [CLS]'s query row
-    interface = ALL_ATTENTION_FUNCTIONS.get_interface(attn.config._attn_implementation, eager_attention_forward)
-    context, _ = interface(attn, query, key, value, attention_mask,
-                          dropout=attn.dropout.p if attn.training else 0.0, scaling=attn.scaling)
-    attention_output = layer.attention.output(context.reshape(batch, 1, -1), cls)
+    context = _cls_attention(layer.attention.self, hidden_states, attention_mask)
+    attention_output = layer.attention.output(context, hidden_states[:, :1])
     return layer.output(layer.intermediate(attention_output), attention_output)
 
 
