@@ -130,7 +130,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--systems", default="hf,leantune", help="comma list: hf, hf_best, hf_thp, leantune, leantune_bf16, "
                    "leantune_nofast, leantune_plain, leantune_nogroup, leantune_foreach, leantune_compile, leantune_nographs, "
-                   "leantune_nocompact, leantune_nocls, leantune_thp")
+                   "leantune_nocompact, leantune_nocls, leantune_keepfree, leantune_thp")
     p.add_argument("--epochs", type=float, default=3)
     p.add_argument("--max-train-samples", type=int, default=0)
     p.add_argument("--seeds", default="42")

@@ -6,7 +6,7 @@ Systems:
   hf_thp, leantune_thp   hf or leantune with THP_MEM_ALLOC_ENABLE=1 (set by bench_mrpc.py)
   leantune  leantune's defaults
   leantune_bf16, leantune_nogroup, leantune_nofast, leantune_foreach, leantune_compile, leantune_nographs,
-  leantune_nocompact, leantune_nocls
+  leantune_nocompact, leantune_nocls, leantune_keepfree (glibc's default trimming of freed memory)
             one lever changed
   leantune_plain   leantune with both length grouping and the fast dropout off
 
@@ -115,7 +115,7 @@ def run_leantune(args, variant: str):
              "plain": {"group_by_length": False, "fast_dropout": False}, "nographs": {"cuda_graphs": False},
              "foreach": {"optim": "adamw_torch"}, "compile": {"torch_compile": True, "pad_to_multiple_of": 16},
              "nocompact": {"compact_embeddings": False}, "nocls": {"cls_only_last_layer": False},
-             "thp": {}}[variant]
+             "thp": {}, "keepfree": {"retain_freed_memory": False}}[variant]
     if args.precision == "bf16":
         extra["bf16"] = True
     targs = TrainingArguments(args.out, num_train_epochs=args.epochs, seed=args.seed, eval_strategy="no",

@@ -77,6 +77,9 @@ class TrainingArguments:
     cls_only_last_layer: bool = arg(True, "For BERT-family classifiers (their head reads only position 0), compute the "
                                           "last encoder layer for [CLS] alone, keys and values for all (same logits "
                                           "to rounding; see leantune/clsonly.py).")
+    retain_freed_memory: bool = arg(True, "Training on CPU (Linux, glibc): keep freed memory for the next step instead "
+                                          "of handing it back, which saves the page faults of touching it anew "
+                                          "(process-wide; the resident size stays at its peak). See leantune/malloc.py.")
     dataloader_num_workers: int = arg(0, "Worker processes for loading batches (0: in the main process).")
     ddp_timeout: int = arg(1800, "Seconds the processes of a distributed run wait for each other (joining the "
                                  "group, collectives) before giving up with an error.")

@@ -62,6 +62,7 @@ from leantune.distributed import (
 from leantune.errors import LeantuneError, TrainingInterrupted
 from leantune.evaluation import EvaluationLoop, PredictionOutput
 from leantune.fastpath import fast_training
+from leantune.malloc import retain_freed_memory
 from leantune.metrics import EvalPrediction
 from leantune.optim import build_optimizer, build_scheduler, check_precision, clip_grad_norm
 from leantune.runlog import RunLog
@@ -129,6 +130,8 @@ class Trainer(EvaluationLoop):
 
     def _train(self, resume_from_checkpoint: str | bool | None) -> TrainOutput:
         args, acc = self.args, self.accelerator
+        if args.retain_freed_memory and on_cpu(args):
+            retain_freed_memory()
         set_seed(args.seed)
         loader, sampler = self._train_loader()
         optimizer = build_optimizer(self.model, args)
