@@ -82,7 +82,11 @@ def run_system(system: str, seed: int, args) -> dict:
         # `*_thp`: the same system with torch's transparent huge pages on (read by torch at its first large
         # allocation, hence set for the whole process); the others inherit this environment (torch: off
         # unless THP_MEM_ALLOC_ENABLE is set)
-        env = dict(os.environ, THP_MEM_ALLOC_ENABLE="1") if system.endswith("_thp") else None
+        env = dict(os.environ, THP_MEM_ALLOC_ENABLE="1") if system.endswith("_thp") else dict(os.environ)
+        # run_one imports leantune (data loading) for every system, which would patch MKL's CPU dispatch
+        # (leantune/mkl.py): the HF systems run torch as shipped, except `hf_mkl`, which measures the patch
+        if (system.startswith("hf") and system != "hf_mkl") or system == "leantune_nomkl":
+            env["LEANTUNE_NO_MKL_PATCH"] = "1"
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if proc.returncode != 0:  # say so and go on: one broken system must not cost the others' numbers
         print(f"  {system} seed {seed} FAILED:\n{proc.stderr[-1500:]}", flush=True)
@@ -128,9 +132,9 @@ def fmt(mean_std: tuple[float, float], spec: str, scale: float = 1.0) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--systems", default="hf,leantune", help="comma list: hf, hf_best, hf_thp, leantune, leantune_bf16, "
+    p.add_argument("--systems", default="hf,leantune", help="comma list: hf, hf_best, hf_thp, hf_mkl, leantune, leantune_bf16, "
                    "leantune_nofast, leantune_plain, leantune_nogroup, leantune_foreach, leantune_compile, leantune_nographs, "
-                   "leantune_nocompact, leantune_nocls, leantune_keepfree, leantune_thp")
+                   "leantune_nocompact, leantune_nocls, leantune_keepfree, leantune_nomkl, leantune_thp")
     p.add_argument("--epochs", type=float, default=3)
     p.add_argument("--max-train-samples", type=int, default=0)
     p.add_argument("--seeds", default="42")

@@ -4,6 +4,8 @@ Systems:
   hf        the HF `transformers.Trainer` with the course recipe (the reference)
   hf_best   the HF Trainer in its own best settings: group_by_length, torch_compile, fused AdamW
   hf_thp, leantune_thp   hf or leantune with THP_MEM_ALLOC_ENABLE=1 (set by bench_mrpc.py)
+  hf_mkl    hf with leantune's MKL dispatch patch (leantune/mkl.py); every other hf system runs without it
+  leantune_nomkl   leantune without it (bench_mrpc.py sets LEANTUNE_NO_MKL_PATCH for these)
   leantune  leantune's defaults
   leantune_bf16, leantune_nogroup, leantune_nofast, leantune_foreach, leantune_compile, leantune_nographs,
   leantune_nocompact, leantune_nocls, leantune_keepfree (glibc's default trimming of freed memory)
@@ -115,7 +117,7 @@ def run_leantune(args, variant: str):
              "plain": {"group_by_length": False, "fast_dropout": False}, "nographs": {"cuda_graphs": False},
              "foreach": {"optim": "adamw_torch"}, "compile": {"torch_compile": True, "pad_to_multiple_of": 16},
              "nocompact": {"compact_embeddings": False}, "nocls": {"cls_only_last_layer": False},
-             "thp": {}, "keepfree": {"retain_freed_memory": False}}[variant]
+             "thp": {}, "keepfree": {"retain_freed_memory": False}, "nomkl": {}}[variant]
     if args.precision == "bf16":
         extra["bf16"] = True
     targs = TrainingArguments(args.out, num_train_epochs=args.epochs, seed=args.seed, eval_strategy="no",
@@ -143,7 +145,7 @@ def main():
 
     set_seed(args.seed)  # the new classification head's init, the same for every system
     if args.system.startswith("hf"):
-        res = run_hf(args, best=args.system == "hf_best")
+        res = run_hf(args, best=args.system == "hf_best")  # hf_mkl: hf, with the environment bench_mrpc.py gives it
     else:
         res = run_leantune(args, args.system.partition("_")[2])
     train_s, eval_s, real, padded, metrics, data = res

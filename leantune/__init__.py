@@ -2,6 +2,10 @@
 
 from torch.optim import AdamW  # the course's `from transformers import AdamW`, which transformers removed
 
+from leantune.mkl import use_cpu_features
+
+use_cpu_features()  # before any matrix multiply: MKL picks its code path at the first one (leantune/mkl.py)
+
 from leantune.collate import DataCollatorWithPadding, LengthGroupedBatchSampler
 from leantune.config import DataArguments, TrainingArguments
 from leantune.data import DataInfo, load_data, load_files, load_glue, tokenize
