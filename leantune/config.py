@@ -75,8 +75,8 @@ class TrainingArguments:
                                          "same maths with weight decay 0: unused rows never move; skipped "
                                          "otherwise; see leantune/compact.py).")
     cls_only_last_layer: bool = arg(True, "For BERT-family classifiers (their head reads only position 0), compute the "
-                                          "last encoder layer for [CLS] alone, keys and values for all (same logits "
-                                          "to rounding; see leantune/clsonly.py).")
+                                          "last encoder layer for [CLS] alone, its keys and values folded into [CLS]'s "
+                                          "query and context (same logits to rounding; see leantune/clsonly.py).")
     retain_freed_memory: bool = arg(True, "Training on CPU (Linux, glibc): keep freed memory for the next step instead "
                                           "of handing it back, which saves the page faults of touching it anew "
                                           "(process-wide; the resident size stays at its peak). See leantune/malloc.py.")
