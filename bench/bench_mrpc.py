@@ -82,7 +82,9 @@ def run_system(system: str, seed: int, args) -> dict:
         # `*_thp`: the same system with torch's transparent huge pages on (read by torch at its first large
         # allocation, hence set for the whole process); the others inherit this environment (torch: off
         # unless THP_MEM_ALLOC_ENABLE is set)
-        env = dict(os.environ, THP_MEM_ALLOC_ENABLE="1") if system.endswith("_thp") else dict(os.environ)
+        env = dict(os.environ)
+        if system.endswith("_thp"):
+            env["THP_MEM_ALLOC_ENABLE"] = "1"
         # run_one imports leantune (data loading) for every system, which would patch MKL's CPU dispatch
         # (leantune/mkl.py): the HF systems run torch as shipped, except `hf_mkl`, which measures the patch
         if (system.startswith("hf") and system != "hf_mkl") or system == "leantune_nomkl":
