@@ -1,16 +1,17 @@
-"""leantune: fine-tune pretrained transformer encoders on text and text-pair classification, fast."""
+"""leantune: fine-tune pretrained transformer encoders on text and text-pair classification, fast.
+
+Importing it changes nothing in the process; `tune_process()` makes the process-wide CPU settings (MKL's
+code path, glibc's malloc) when asked, as the `leantune` command does at start-up.
+"""
 
 from torch.optim import AdamW  # the course's `from transformers import AdamW`, which transformers removed
-
-from leantune.mkl import use_cpu_features
-
-use_cpu_features()  # before any matrix multiply: MKL picks its code path at the first one (leantune/mkl.py)
 
 from leantune.collate import DataCollatorWithPadding, LengthGroupedBatchSampler
 from leantune.config import DataArguments, TrainingArguments
 from leantune.data import DataInfo, load_data, load_files, load_glue, tokenize
 from leantune.errors import LeantuneError
 from leantune.metrics import EvalPrediction, build_compute_metrics, load_metric
+from leantune.speed.process import process_tuning, tune_process
 from leantune.trainer import PredictionOutput, Trainer, TrainOutput
 
 __version__ = "0.1.0"
@@ -31,5 +32,6 @@ def load_dataset(path: str, name: str | None = None, data_dir: str | None = None
 __all__ = [
     "AdamW", "DataArguments", "DataCollatorWithPadding", "DataInfo", "EvalPrediction", "LeantuneError",
     "LengthGroupedBatchSampler", "PredictionOutput", "TrainOutput", "Trainer", "TrainingArguments",
-    "build_compute_metrics", "load_data", "load_dataset", "load_files", "load_glue", "load_metric", "tokenize",
+    "build_compute_metrics", "load_data", "load_dataset", "load_files", "load_glue", "load_metric", "process_tuning",
+    "tokenize", "tune_process",
 ]

@@ -11,7 +11,14 @@ import os
 import sys
 from collections.abc import Callable
 
-from leantune.config import DataArguments, RunArguments, TrainingArguments, add_arguments, from_namespace
+from leantune.config import (
+    DataArguments,
+    ProcessArguments,
+    RunArguments,
+    TrainingArguments,
+    add_arguments,
+    from_namespace,
+)
 from leantune.errors import LeantuneError, TrainingInterrupted
 
 
@@ -25,6 +32,7 @@ def _parser(name: str, help: str, split_default: str | None) -> argparse.Argumen
     add_arguments(p, TrainingArguments)
     if name == "train":
         add_arguments(p, RunArguments)
+    add_arguments(p, ProcessArguments)
     return p
 
 
@@ -93,6 +101,13 @@ def main(argv: list[str] | None = None) -> int:
     fn, text, split_default = COMMANDS[argv[0]]
     ns = (_report_parser if argv[0] == "report" else _parser)(argv[0], text, split_default).parse_args(argv[1:])
     _quiet_libraries()
+    if argv[0] != "report" and from_namespace(ProcessArguments, ns).tune_process:
+        from leantune.speed.process import tune_process
+
+        # this command owns its process; before any matrix multiply (leantune/speed/mkl.py). What was done is
+        # part of the training's "speed levers" line and of leantune_config.json, not a line of its own here:
+        # a command that ends in a bad-input error prints that one line only
+        tune_process()
     try:
         return fn(ns)
     except LeantuneError as e:

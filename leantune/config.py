@@ -67,19 +67,17 @@ class TrainingArguments:
     torch_compile: bool = arg(False, "Compile the model with torch.compile.")
     fast_dropout: bool = arg(True, "On CPU, draw dropout masks from a fast generator (same Bernoulli(p), another "
                                    "random stream) and train with a GELU whose backward is one multiply (within "
-                                   "~5e-7 of torch's); see leantune/fastpath.py.")
+                                   "~5e-7 of torch's); see leantune/speed/fastpath.py.")
     cuda_graphs: bool = arg(True, "On one CUDA GPU, replay each training step's forward and backward from a CUDA "
                                   "graph, one per batch shape (lengths padded to a multiple of 16, masked; same "
-                                  "maths). See leantune/cudagraph.py.")
+                                  "maths). See leantune/speed/cudagraph.py.")
     compact_embeddings: bool = arg(True, "On CPU, train only the word-embedding rows the training set uses (the "
                                          "same maths with weight decay 0: unused rows never move; skipped "
-                                         "otherwise; see leantune/compact.py).")
-    cls_only_last_layer: bool = arg(True, "For BERT-family classifiers (their head reads only position 0), compute the "
-                                          "last encoder layer for [CLS] alone, its keys and values folded into [CLS]'s "
-                                          "query and context (same logits to rounding; see leantune/clsonly.py).")
-    retain_freed_memory: bool = arg(True, "Training on CPU (Linux, glibc): keep freed memory for the next step instead "
-                                          "of handing it back, which saves the page faults of touching it anew "
-                                          "(process-wide; the resident size stays at its peak). See leantune/malloc.py.")
+                                         "otherwise; see leantune/speed/compact.py).")
+    cls_only_last_layer: bool = arg(True, "Compute the last encoder layer for [CLS] alone, its keys and values folded "
+                                          "into [CLS]'s query and context, where probes prove the head reads position 0 "
+                                          "alone (BERT, RoBERTa, XLM-R, ELECTRA, DistilBERT layers; same logits to "
+                                          "rounding; see leantune/speed/clsonly.py).")
     dataloader_num_workers: int = arg(0, "Worker processes for loading batches (0: in the main process).")
     ddp_timeout: int = arg(1800, "Seconds the processes of a distributed run wait for each other (joining the "
                                  "group, collectives) before giving up with an error.")
@@ -230,6 +228,18 @@ class RunArguments:
         if len(set(seeds)) != len(seeds) or min(seeds) < 0:
             raise LeantuneError(f"--seeds takes distinct seeds >= 0, got {self.seeds!r}")
         return seeds
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class ProcessArguments:
+    """Settings of the `leantune` command's own process (a library call never makes them)."""
+
+    tune_process: bool = arg(True, "At start-up, tune this process for CPU training: MKL's code paths by the CPU's "
+                                   "instruction sets on non-Intel CPUs, and glibc keeping freed memory for reuse "
+                                   "(resident size stays at its peak). Logged; see leantune/speed/process.py.")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

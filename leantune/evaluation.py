@@ -14,11 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from leantune.clsonly import cls_only_last_layer
 from leantune.collate import WithPositions, has_labels, lengths_of, sorted_batches
 from leantune.distributed import eval_batches, gather_outputs
 from leantune.errors import LeantuneError
 from leantune.metrics import EvalPrediction
+from leantune.speed.clsonly import cls_only_last_layer
 
 
 class PredictionOutput(NamedTuple):

@@ -9,11 +9,11 @@ from typing import Any
 
 import torch
 
-from leantune import kernels
-from leantune.compact import full_shape_optimizer_state
 from leantune.config import TrainingArguments
 from leantune.distributed import on_cpu
 from leantune.errors import LeantuneError
+from leantune.speed import kernels
+from leantune.speed.compact import full_shape_optimizer_state
 
 
 def check_precision(args: TrainingArguments) -> None:

@@ -109,7 +109,7 @@ def train(data_args: DataArguments, args: TrainingArguments) -> tuple[TrainOutpu
     trainer.save_model(str(out))  # every process: it writes on the main one, then all wait for it
     if trainer.accelerator.is_main_process:
         save_config(out / CONFIG_FILE, training=args, data=data_args, labels=list(info.label_names or []),
-                    text_columns=list(info.text_columns), environment=environment())
+                    text_columns=list(info.text_columns), environment=environment(), speed=trainer.speed_report())
         finish_run(out, trainer, dsd, raw, info)  # eval_predictions.jsonl, lengths.json, report.html
     trainer.log.info(f"saved the model to {out}; metrics in {out / 'metrics.json'}")
     return result, trainer

@@ -41,7 +41,6 @@ from leantune.checkpoint import (
     write_checkpoint,
     write_training_files,
 )
-from leantune.clsonly import cls_only_last_layer
 from leantune.collate import (
     DataCollatorWithPadding,
     LengthGroupedBatchSampler,
@@ -49,10 +48,8 @@ from leantune.collate import (
     ShuffledBatchSampler,
     lengths_of,
 )
-from leantune.compact import compact_embeddings
 from leantune.config import TrainingArguments
 from leantune.control import BestTracker, GracefulStop, NonFiniteGuard, signal_name
-from leantune.cudagraph import BUCKET, GraphedStep, can_use_cuda_graphs
 from leantune.distributed import (
     ShardedBatchSampler,
     make_accelerator,
@@ -61,11 +58,12 @@ from leantune.distributed import (
 )
 from leantune.errors import LeantuneError, TrainingInterrupted
 from leantune.evaluation import EvaluationLoop, PredictionOutput
-from leantune.fastpath import fast_training
-from leantune.malloc import retain_freed_memory
 from leantune.metrics import EvalPrediction
 from leantune.optim import build_optimizer, build_scheduler, check_precision, clip_grad_norm
 from leantune.runlog import RunLog
+from leantune.speed.cudagraph import BUCKET, GraphedStep, can_use_cuda_graphs
+from leantune.speed.levers import Decision, decide, enter_levers, summary, training_levers
+from leantune.speed.process import process_tuning
 from leantune.stats import TrainStats
 
 
@@ -114,6 +112,7 @@ class Trainer(EvaluationLoop):
         self._forward_args = set(inspect.signature(model.forward).parameters)
         self._best: BestTracker | None = None  # set up by train() when a best model or early stopping is wanted
         self._new_best = False
+        self.speed: dict[str, Decision] = {}  # each training lever's decision, set by train()
 
     # ------------------------------------------------------------ train
     def train(self, resume_from_checkpoint: str | bool | None = None) -> TrainOutput:
@@ -121,18 +120,25 @@ class Trainer(EvaluationLoop):
         from a checkpoint directory, or with True from the newest complete one in `args.output_dir`."""
         if self.train_dataset is None:
             raise LeantuneError("Trainer.train() needs a train_dataset")
-        # The same maths, less work: on CPU only the embedding rows the training set uses are trained, and
-        # the last layer is computed for [CLS] alone (what the classifier reads).
-        with compact_embeddings(self.model, self.train_dataset, self.args, self.accelerator.device,
-                                [getattr(self.data_collator, "pad_token_id", None)]), \
-                cls_only_last_layer(self.model, self.args.cls_only_last_layer):
+        # Each lever is asked whether it applies to this model and these arguments (leantune/speed/levers.py);
+        # those that do are switched on for the run and the model is given back as it was.
+        levers = training_levers(self.train_dataset, self.accelerator, [getattr(self.data_collator, "pad_token_id", None)])
+        self.speed = decide(levers, self.model, self.args)
+        process = "; ".join(f"{k} {'on' if v['applied'] else 'off'} ({v['reason']})" for k, v in process_tuning().items())
+        self.log.info(f"speed levers: {summary(self.speed)}; process: {process}")
+        with enter_levers(levers, self.speed, self.model, self.args):
             return self._train(resume_from_checkpoint)
+
+    def speed_report(self) -> dict[str, dict]:
+        """The levers' decisions of the last train() and the process tuning: the `speed` block of
+        leantune_config.json."""
+        return {**{name: d.as_dict() for name, d in self.speed.items()}, **process_tuning()}
 
     def _train(self, resume_from_checkpoint: str | bool | None) -> TrainOutput:
         args, acc = self.args, self.accelerator
-        if args.retain_freed_memory and on_cpu(args):
-            retain_freed_memory()
-        set_seed(args.seed)
+        # Each process its own random streams (dropout): seed + process index, as Accelerate's device_specific
+        # seeding does (process 0 keeps the seed); the data order comes from a private generator.
+        set_seed(args.seed, device_specific=True)
         loader, sampler = self._train_loader()
         optimizer = build_optimizer(self.model, args)
         steps_per_epoch = math.ceil(len(loader) / args.gradient_accumulation_steps)
@@ -151,8 +157,7 @@ class Trainer(EvaluationLoop):
         resume = args.resume_from_checkpoint if resume_from_checkpoint is None else resume_from_checkpoint
         position, runtime_before = self._resume(resume, model, optimizer, scheduler, stats)
         self._start = start = time.perf_counter() - runtime_before
-        fast = args.fast_dropout and acc.device.type == "cpu"
-        with self._stop, fast_training(acc.unwrap_model(model), enabled=fast):
+        with self._stop:
             for epoch in range(position.epoch, math.ceil(total / steps_per_epoch)):
                 sampler.set_epoch(epoch)
                 # Accelerate's loader re-sets its sampler's epoch to the count of its own passes when a pass

@@ -51,6 +51,16 @@ def test_short_train_then_evaluate_and_predict(tiny_bert, csv_files, tmp_path):
     assert len(metrics["evaluations"]) == 2 and metrics["evaluations"][-1]["eval_samples"] == 24
     config = json.loads((out / "leantune_config.json").read_text())
     assert config["training"]["learning_rate"] == 1e-3 and config["labels"] == ["0", "1"]
+    # every lever and process setting, applied or not, with its reason: in the config and in one log line
+    speed = config["speed"]
+    assert {"compact_embeddings", "cls_only_last_layer", "fast_dropout", "fused_clip", "group_by_length",
+            "cuda_graphs", "mkl", "malloc"} <= speed.keys()
+    assert all(isinstance(v["applied"], bool) and v["reason"] for v in speed.values())
+    assert speed["compact_embeddings"]["applied"] and speed["cls_only_last_layer"]["applied"]
+    assert not speed["cuda_graphs"]["applied"]
+    assert speed["mkl"]["reason"] != "tune_process() was not called in this process"  # the CLI tuned its process
+    [line] = [x for x in r.stderr.splitlines() if x.startswith("leantune: speed levers:")]
+    assert all(f"{name} {'on' if v['applied'] else 'off'}" in line for name, v in speed.items())
     assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
     assert len((out / "log.jsonl").read_text().splitlines()) >= 4
 

@@ -1,4 +1,4 @@
-"""The last layer for [CLS] only (leantune/clsonly.py): same logits and gradients, less work."""
+"""The last layer for [CLS] only (leantune/speed/clsonly.py): same logits and gradients, less work."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from transformers import (
     BertConfig,
     BertForSequenceClassification,
     BertForTokenClassification,
+    DistilBertConfig,
+    DistilBertForSequenceClassification,
     ElectraConfig,
     ElectraForSequenceClassification,
     RobertaConfig,
@@ -19,7 +21,7 @@ from transformers import (
 )
 
 from leantune import Trainer, TrainingArguments, tokenize
-from leantune.clsonly import cls_only_last_layer, last_layer
+from leantune.speed.clsonly import cls_only_last_layer, last_layer, why_not
 
 SIZES = {"vocab_size": 120, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
          "intermediate_size": 64, "max_position_embeddings": 64}
@@ -31,8 +33,11 @@ def _model(kind: str, attn: str = "sdpa") -> torch.nn.Module:
         model = BertForSequenceClassification(BertConfig(**SIZES, num_labels=3))
     elif kind == "roberta":
         model = RobertaForSequenceClassification(RobertaConfig(**SIZES, num_labels=3, pad_token_id=1))
-    else:
+    elif kind == "electra":
         model = ElectraForSequenceClassification(ElectraConfig(**SIZES, embedding_size=32, num_labels=3))
+    else:
+        model = DistilBertForSequenceClassification(DistilBertConfig(
+            vocab_size=120, dim=32, n_layers=2, n_heads=4, hidden_dim=64, max_position_embeddings=64, num_labels=3))
     model.config._attn_implementation = attn
     return model
 
@@ -47,6 +52,10 @@ def _batch() -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([0, 1, 2, 1])}
 
 
+def _batch_for(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return _batch()
+
+
 def _logits_and_grads(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     model.zero_grad(set_to_none=True)
     out = model(**batch)
@@ -54,7 +63,8 @@ def _logits_and_grads(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor
     return out.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("kind,attn", [("bert", "sdpa"), ("bert", "eager"), ("roberta", "sdpa"), ("electra", "sdpa")])
+@pytest.mark.parametrize("kind,attn", [("bert", "sdpa"), ("bert", "eager"), ("roberta", "sdpa"), ("electra", "sdpa"),
+                                       ("distilbert", "sdpa"), ("distilbert", "eager")])
 def test_same_logits_and_gradients_as_the_full_last_layer(kind, attn):
     model, batch = _model(kind, attn).eval(), _batch()  # eval: no dropout, so both runs are deterministic
     full_logits, full_grads = _logits_and_grads(model, batch)
@@ -70,6 +80,7 @@ def test_same_logits_and_gradients_as_the_full_last_layer(kind, attn):
 def test_the_last_layer_runs_one_row_inside_and_every_row_after():
     model, batch = _model("bert"), _batch()
     layer = last_layer(model)
+    assert why_not(model) is None  # the probes run once, before the hook below counts rows
     rows: list[int] = []
     layer.intermediate.dense.register_forward_hook(lambda m, i, o: rows.append(i[0].shape[1]))
     with cls_only_last_layer(model):
@@ -103,6 +114,7 @@ def test_training_with_and_without_it_ends_at_the_same_weights(tiny_bert, tmp_pa
         args = TrainingArguments(str(tmp_path / str(on)), num_train_epochs=2, learning_rate=1e-3, seed=0,
                                  cls_only_last_layer=on, disable_tqdm=True, use_cpu=True)
         trainer = Trainer(model, args, train_dataset=data, eval_dataset=data, processing_class=tok)
+        why_not(model)  # the probes (run once per model) before the hook counts rows
         rows: set[int] = set()  # positions the last layer's feed-forward saw, in training and evaluation
         last_layer(model).intermediate.dense.register_forward_hook(lambda m, i, o, rows=rows: rows.add(i[0].shape[1]))
         trainer.train()
@@ -113,3 +125,79 @@ def test_training_with_and_without_it_ends_at_the_same_weights(tiny_bert, tmp_pa
     for name, w in weights[0].items():
         torch.testing.assert_close(w, weights[1][name], rtol=1e-4, atol=1e-5, msg=name)
     assert metrics[0] == pytest.approx(metrics[1], rel=1e-4)
+
+
+class MeanPooler(torch.nn.Module):
+    """A pooler that averages every position: the head then reads more than [CLS]."""
+
+    def __init__(self, pooler: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = pooler
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.inner(hidden_states.mean(dim=1, keepdim=True))
+
+
+def test_a_head_that_reads_other_positions_is_refused_by_the_probe():
+    model = _model("bert").eval()
+    model.bert.pooler = MeanPooler(model.bert.pooler)  # same class name, same structure: only a probe can tell
+    problem = why_not(model)
+    assert problem is not None and "reads more than position 0" in problem
+    batch = _batch()
+    full = model(**batch).logits
+    with cls_only_last_layer(model) as applied:
+        assert not applied
+        torch.testing.assert_close(model(**batch).logits, full, rtol=0, atol=0)
+
+
+def test_a_last_layer_that_computes_something_else_is_refused_by_the_probe():
+    model = _model("bert").eval()
+    layer = last_layer(model)
+    original = type(layer).forward
+    # a subclass-like change the structure check cannot see: the full layer scales its output
+    layer.forward = lambda *a, **k: original(layer, *a, **k) * 1.5
+    assert "did not give the full layer's logits" in why_not(model)
+
+
+def test_hidden_states_and_attentions_get_every_position():
+    model, batch = _model("bert", "eager").eval(), _batch()  # eager: SDPA returns no attention weights
+    full = model(**batch, output_hidden_states=True, output_attentions=True)
+    with cls_only_last_layer(model) as applied:
+        assert applied
+        out = model(**batch, output_hidden_states=True, output_attentions=True)
+        short = model(**batch)
+    assert out.hidden_states[-1].shape == full.hidden_states[-1].shape == (4, 11, 32)
+    assert len(out.attentions) == len(full.attentions) == 2
+    torch.testing.assert_close(out.logits, full.logits)
+    torch.testing.assert_close(short.logits, full.logits, rtol=1e-5, atol=1e-6)
+    configured = _model("bert")
+    configured.config.output_hidden_states = True
+    assert "hidden states" in why_not(configured)
+
+
+@pytest.mark.parametrize("kind", ["bert", "distilbert"])
+def test_the_cls_layers_attention_dropout_runs_in_training(kind):
+    """Only the last layer's attention dropout is on (p = 0.5): its logits must vary from draw to draw, with
+    the same mean as the full layer's (the [CLS] row is unbiased either way)."""
+    model, batch = _model(kind), _batch()
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    last_layer(model).get_submodule("attention.self.dropout" if kind == "bert" else "attention.dropout").p = 0.5
+    assert why_not(model) is None
+    model.train()
+    batch.pop("labels")
+
+    def draws(n: int) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.stack([model(**batch).logits for _ in range(n)])
+
+    torch.manual_seed(0)
+    full = draws(300)
+    with cls_only_last_layer(model) as applied:
+        assert applied
+        cls_only = draws(300)
+    assert cls_only.std(0).min() > 0  # the mask changes from draw to draw: dropout is applied
+    assert cls_only.std(0).mean() == pytest.approx(float(full.std(0).mean()), rel=0.25)
+    spread = full.std(0).max()
+    assert (cls_only.mean(0) - full.mean(0)).abs().max() < 4 * spread / 300**0.5

@@ -1,4 +1,4 @@
-"""Compact embeddings (leantune/compact.py): training only the used vocabulary rows is the same maths."""
+"""Compact embeddings (leantune/speed/compact.py): training only the used vocabulary rows is the same maths."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from conftest import toy_rows
 from datasets import Dataset, DatasetDict
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForMaskedLM
 
-import leantune.trainer
+import leantune.speed.levers
 from leantune import DataCollatorWithPadding, Trainer, TrainingArguments, tokenize
-from leantune.compact import CompactEmbedding, compaction_problem, used_token_ids
 from leantune.errors import LeantuneError
+from leantune.speed.compact import CompactEmbedding, compaction_problem, used_token_ids
 
 EMB = "bert.embeddings.word_embeddings.weight"
 
@@ -44,7 +44,7 @@ def _train(model_dir: str, out, compact: bool, spy: list | None = None, **kw) ->
 def spy(monkeypatch) -> list:
     """What each train() call's compaction yielded (a CompactEmbedding, or None when it did not apply)."""
     seen: list = []
-    real = leantune.trainer.compact_embeddings
+    real = leantune.speed.levers.compact_embeddings
 
     @contextlib.contextmanager
     def recording(*a, **kw):
@@ -52,7 +52,7 @@ def spy(monkeypatch) -> list:
             seen.append(compact)
             yield compact
 
-    monkeypatch.setattr(leantune.trainer, "compact_embeddings", recording)
+    monkeypatch.setattr(leantune.speed.levers, "compact_embeddings", recording)
     return seen
 
 
@@ -61,8 +61,9 @@ def test_compact_training_gives_the_same_weights_and_leaves_unused_rows_alone(ti
     full, init = _train(tiny_bert, tmp_path / "full", compact=False, max_grad_norm=0.05)
     compact, _ = _train(tiny_bert, tmp_path / "compact", compact=True, max_grad_norm=0.05)
     assert min(r["grad_norm"] for r in compact.log_history if r["kind"] == "train") > 0.05
-    assert spy[0] is None and isinstance(spy[1], CompactEmbedding)
-    rows = spy[1].rows
+    assert full.speed["compact_embeddings"].applied is False  # turned off: never entered
+    assert len(spy) == 1 and isinstance(spy[0], CompactEmbedding) and compact.speed["compact_embeddings"].applied
+    rows = spy[0].rows
     assert 0 < len(rows) < 200  # a toy vocabulary out of 30522
     wf, wc = full.model.state_dict(), compact.model.state_dict()
     assert wf.keys() == wc.keys()
@@ -79,7 +80,7 @@ def test_compact_training_gives_the_same_weights_and_leaves_unused_rows_alone(ti
 
 def test_the_persistent_gradient_buffer_is_exact_across_steps_and_micro_batches(tiny_bert, tmp_path, spy,
                                                                                  monkeypatch):
-    # the compact gradient is one buffer for the whole run, zeroed row by row between optimizer steps:
+    # the compact gradient is one buffer for the whole run, zeroed between optimizer steps:
     # rows left over from an earlier step, or a lost micro-batch, would show up as different weights
     kw = {"gradient_accumulation_steps": 2, "max_grad_norm": 0.05}
     buffered, _ = _train(tiny_bert, tmp_path / "buffered", compact=True, **kw)
@@ -102,7 +103,7 @@ def test_checkpoints_hold_the_full_model_and_resume_with_or_without_compaction(t
         resumed, _ = _train(tiny_bert, tmp_path / f"b{compact}", compact=compact, resume_from_checkpoint=str(ckpt))
         ws, wr = straight.model.state_dict(), resumed.model.state_dict()
         assert all(torch.equal(ws[k], wr[k]) for k in ws), compact
-    assert [type(c) for c in spy] == [CompactEmbedding, CompactEmbedding, type(None)]
+    assert [type(c) for c in spy] == [CompactEmbedding, CompactEmbedding]  # the run without it never entered it
 
 
 def test_an_id_outside_the_row_set_stops_with_a_clear_error_and_restores_the_model(tiny_bert, tmp_path):
@@ -145,3 +146,26 @@ def test_compaction_is_skipped_where_it_would_change_the_maths(tiny_bert):
     assert "tied" in compaction_problem(mlm, TrainingArguments("x"), cpu)
     model.get_input_embeddings().weight.requires_grad_(False)
     assert "frozen" in compaction_problem(model, TrainingArguments("x"), cpu)
+
+
+@pytest.mark.parametrize("optim", ["adamw_torch", "adamw_torch_fused"])
+def test_a_skipped_nonfinite_step_leaves_no_nan_in_the_reused_gradient_buffer(tiny_bert, tmp_path, spy, optim):
+    """A NaN loss makes every gradient NaN; the foreach path's clip then multiplies every row of the buffer by
+    NaN, touched or not. Only that step may be skipped: the next ones must train."""
+    tok, data = _data(tiny_bert)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
+    calls = {"n": 0}
+
+    def poison_second_forward(module, inputs, output):
+        if module.training:
+            calls["n"] += 1
+            return output * float("nan") if calls["n"] == 2 else output
+        return output
+
+    model.classifier.register_forward_hook(poison_second_forward)
+    args = TrainingArguments(str(tmp_path), max_steps=6, learning_rate=1e-3, per_device_train_batch_size=8, seed=0,
+                             use_cpu=True, skip_nonfinite=True, optim=optim, eval_strategy="no", disable_tqdm=True)
+    result = Trainer(model, args, train_dataset=data["train"], processing_class=tok).train()
+    assert spy[0] is not None  # compaction ran
+    assert result.metrics["skipped_steps"] == 1
+    assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -4,14 +4,18 @@ back out."""
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from leantune import kernels
-from leantune.fastpath import FastDropout, FastGELU, dropout, fast_training, keep_mask, scaled_mask
+from leantune.speed import kernels
+from leantune.speed.fastpath import FastDropout, FastGELU, dropout, fast_training, keep_mask, scaled_mask
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5])
@@ -83,7 +87,7 @@ def test_fast_training_swaps_dropouts_and_puts_the_originals_back():
         assert model[1] is originals[0]
 
 
-# ---- the C kernel (leantune/kernels.py) and its numpy twin
+# ---- the C kernel (leantune/speed/kernels.py) and its numpy twin
 
 
 def test_the_c_kernel_and_numpy_draw_the_same_stream(monkeypatch):
@@ -125,7 +129,7 @@ def test_without_a_compiler_the_kernel_says_so_in_one_line_and_dropout_still_wor
 
 
 def test_attention_with_dropout_matches_the_masked_fill_reference_bit_for_bit():
-    from leantune.fastpath import attention
+    from leantune.speed.fastpath import attention
 
     module = nn.Module().train()
     q, k, v = (torch.randn(2, 4, 9, 8) for _ in range(3))
@@ -208,3 +212,111 @@ def test_sum_squares_is_the_float64_sum_for_every_kind_of_tensor():
                torch.randn(5, dtype=torch.bfloat16)]
     exact = sum(float(t.double().pow(2).sum()) for t in tensors)
     assert kernels.sum_squares(tensors) == pytest.approx(exact, rel=1e-12)
+
+
+# ---- the kernels' cache: keyed by what built it, checked on every load, rebuilt when broken
+
+
+def _fresh_library(monkeypatch, cache) -> object:
+    monkeypatch.setenv("LEANTUNE_CACHE", str(cache))
+    kernels.library.cache_clear()
+    return kernels.library()
+
+
+def test_a_corrupt_or_foreign_cached_library_is_rebuilt_and_a_wrong_one_never_used(monkeypatch, tmp_path):
+    try:
+        if _fresh_library(monkeypatch, tmp_path) is None:
+            pytest.skip("no C compiler here")
+        (target,) = tmp_path.rglob("*.so")
+        assert json.loads(target.with_suffix(".json").read_text())["flags"][0] == "-O3"  # the flags used
+        for broken in (b"not a shared library", None):
+            target.unlink()  # a new file: the loaded library's pages must not change under it (SIGBUS)
+            if broken is None:  # a real library without the kernels' functions
+                src = tmp_path / "empty.c"
+                src.write_text("int lt_other(void) { return 0; }\n")
+                subprocess.run([os.environ.get("CC", "cc"), "-shared", "-fPIC", str(src), "-o", str(target)], check=True)
+            else:
+                target.write_bytes(broken)
+            lib = _fresh_library(monkeypatch, tmp_path)
+            assert lib is not None and kernels.dropout_f32(torch.ones(5), 1, 0.5) is not None
+        # a library that loads but computes something else: refused, with the reason
+        monkeypatch.setattr(kernels, "keep", lambda n, seed, p: np.ones(n, dtype=bool))
+        assert _fresh_library(monkeypatch, tmp_path) is None
+        assert "dropout masks" in kernels.unavailable()
+    finally:
+        monkeypatch.undo()
+        kernels.library.cache_clear()
+
+
+def test_the_cache_key_names_the_compiler(monkeypatch, tmp_path):
+    try:
+        if _fresh_library(monkeypatch, tmp_path / "a") is None:
+            pytest.skip("no C compiler here")
+        monkeypatch.setattr(kernels, "_compiler", lambda: (os.environ.get("CC", "cc"), "another compiler 1.0"))
+        _fresh_library(monkeypatch, tmp_path / "a")
+        assert len(list((tmp_path / "a").rglob("*.so"))) == 2  # not the first compiler's build
+    finally:
+        monkeypatch.undo()
+        kernels.library.cache_clear()
+
+
+# ---- every mask a new draw: across calls, layers, steps and processes
+
+
+def _masks_of_a_short_training(tiny_bert, tmp_path, steps: int = 2) -> list[tuple[str, torch.Tensor]]:
+    """(module type, kept-element mask) of every FastDropout call in `steps` training steps of the tiny BERT."""
+    from conftest import toy_rows
+    from datasets import Dataset, DatasetDict
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from leantune import Trainer, TrainingArguments, tokenize
+
+    tok = AutoTokenizer.from_pretrained(tiny_bert)
+    rows = [{**r, "sentence1": "the cat runs", "sentence2": "a dog sleeps"} for r in toy_rows(16)]  # one length
+    data = tokenize(DatasetDict({"train": Dataset.from_list(rows)}), tok, ("sentence1", "sentence2"))["train"]
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
+    masks: list[tuple[str, torch.Tensor]] = []
+    original = FastDropout.forward
+
+    def recording(self, x):
+        y = original(self, x)
+        if self.training:
+            masks.append((type(self).__name__, (y != 0) | (x == 0)))
+        return y
+
+    args = TrainingArguments(str(tmp_path), max_steps=steps, per_device_train_batch_size=8, use_cpu=True,
+                             eval_strategy="no", disable_tqdm=True, seed=0, group_by_length=False)
+    import unittest.mock
+
+    with unittest.mock.patch.object(FastDropout, "forward", recording):
+        Trainer(model, args, train_dataset=data, processing_class=tok).train()
+    return masks
+
+
+def test_masks_differ_across_calls_layers_and_steps_and_keep_1_minus_p(tiny_bert, tmp_path):
+    masks = _masks_of_a_short_training(tiny_bert, tmp_path)
+    same_shape: dict[tuple, list[torch.Tensor]] = {}
+    for _, m in masks:
+        same_shape.setdefault(tuple(m.shape), []).append(m.flatten())
+    pairs = 0
+    for group in same_shape.values():  # every two masks of one shape (other layers, other steps) differ
+        for i in range(len(group)):
+            for j in range(i + 1, len(group)):
+                pairs += 1
+                assert not torch.equal(group[i], group[j])
+    assert pairs >= 10
+    p, kept = 0.1, torch.cat([m.flatten() for _, m in masks]).double()  # the tiny BERT's dropout is 0.1
+    n = kept.numel()
+    assert abs(kept.mean().item() - (1 - p)) < 6 * math.sqrt(p * (1 - p) / n)  # Binomial: 6 sigma
+
+
+def test_each_process_draws_its_own_masks(tiny_bert, tmp_path, monkeypatch):
+    """Process r of a distributed run seeds its random streams with seed + r (process 0 keeps the seed)."""
+    from accelerate.state import AcceleratorState
+
+    first = _masks_of_a_short_training(tiny_bert, tmp_path / "a", steps=1)
+    again = _masks_of_a_short_training(tiny_bert, tmp_path / "b", steps=1)
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(first, again))  # reproducible from the seed
+    monkeypatch.setattr(AcceleratorState, "process_index", property(lambda self: 1), raising=False)
+    other = _masks_of_a_short_training(tiny_bert, tmp_path / "c", steps=1)
+    assert len(other) == len(first) and not any(torch.equal(a, b) for (_, a), (_, b) in zip(first, other))

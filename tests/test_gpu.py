@@ -1,11 +1,11 @@
-"""CUDA-graph training steps (leantune/cudagraph.py) against eager steps; opt-in: `pytest -m gpu`."""
+"""CUDA-graph training steps (leantune/speed/cudagraph.py) against eager steps; opt-in: `pytest -m gpu`."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from leantune.cudagraph import GraphedStep
+from leantune.speed.cudagraph import GraphedStep
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 

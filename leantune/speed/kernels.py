@@ -14,7 +14,10 @@ feed-forward activation, forward + backward: 1.37 -> 0.87 ms). `sum_squares` sum
 faster than torch's float32 norms and closer to the exact value.
 
 The C source is below; it is compiled with the system's `cc` on first use and cached
-(`$LEANTUNE_CACHE`, else ~/.cache/leantune). Large loops run on torch's OpenMP threads (`-fopenmp`,
+(`$LEANTUNE_CACHE`, else ~/.cache/leantune), keyed by the source, the CPU's flags, the compiler's path and
+version and the flag sets tried. Every load checks each kernel against its reference on a small input
+(numpy's stream, torch's GELU, a float64 sum); a cached library that fails to load, lacks a function or
+fails the check is built again once, and otherwise not used. Large loops run on torch's OpenMP threads (`-fopenmp`,
 resolved to the libgomp torch has loaded; without OpenMP they run on one thread: the same masks and
 GELU, the norm's float64 sum in another order). Without a compiler, or with LEANTUNE_NO_KERNELS=1,
 dropout falls back to `keep` (the same masks) and GELU and the norm to torch's own.
@@ -22,11 +25,15 @@ dropout falls back to `keep` (the same masks) and GELU and the norm to torch's o
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
+import json
+import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -169,46 +176,56 @@ def _cpu_id() -> str:
         return platform.processor()
 
 
-def _compile(target: Path) -> str | None:
-    """Build SOURCE into `target` atomically (a temporary file renamed), so that concurrent processes
-    (one per GPU rank) never load a half-written library. Returns None, or why it failed."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+# Tried in order; not every compiler knows -march=native or -fopenmp (without it the loops run on one thread).
+FLAG_SETS = (("-O3", "-march=native", "-fopenmp"), ("-O3", "-march=native"), ("-O3",))
+SYMBOLS = ("lt_dropout_f32", "lt_gelu_f32", "lt_sumsq_f32")
+_why_not: list[str] = []  # why the last library() call found no usable library
+
+
+def _compiler() -> tuple[str, str]:
+    """The compiler `cc` (or $CC) resolves to, and its identity (path and version line) for the cache key."""
     cc = os.environ.get("CC", "cc")
+    path = shutil.which(cc) or cc
+    try:
+        version = subprocess.run([path, "--version"], check=False, capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        version = ""
+    return path, f"{os.path.realpath(path)}\n{version.splitlines()[0] if version else ''}"
+
+
+def _compile(cc: str, target: Path) -> str | None:
+    """Build SOURCE into `target` atomically (a temporary file renamed), so that concurrent processes
+    (one per GPU rank) never load a half-written library; the flags used go into `target`.json. Returns
+    None, or why it failed."""
+    target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         src, out = Path(tmp) / "kernels.c", Path(tmp) / target.name
         src.write_text(SOURCE)
         why = "no flags worked"
-        # not every compiler knows -march=native or -fopenmp (without it the loops run on one thread)
-        for flags in (["-O3", "-march=native", "-fopenmp"], ["-O3", "-march=native"], ["-O3"]):
+        for flags in FLAG_SETS:
             try:
                 done = subprocess.run([cc, *flags, "-shared", "-fPIC", str(src), "-o", str(out)],
                                       check=False, capture_output=True, text=True, timeout=120)
             except (OSError, subprocess.TimeoutExpired) as e:
                 return f"{cc}: {e}"
             if done.returncode == 0:
+                (Path(tmp) / "flags.json").write_text(json.dumps({"compiler": cc, "flags": flags}))
+                os.replace(Path(tmp) / "flags.json", target.with_suffix(".json"))
                 os.replace(out, target)
                 return None
             why = (done.stderr.strip().splitlines() or [f"{cc} exited {done.returncode}"])[-1]
         return why
 
 
-@functools.cache
-def library() -> ctypes.CDLL | None:
-    """The compiled kernel, built on first use; None (after one line on stderr) where it cannot be."""
-    if os.environ.get("LEANTUNE_NO_KERNELS"):
-        return None
-    tag = hashlib.sha256((SOURCE + _cpu_id() + platform.machine()).encode()).hexdigest()[:16]
-    target = _cache_dir() / f"kernels-{tag}.so"
+def _load(target: Path) -> tuple[ctypes.CDLL | None, str | None]:
+    """The library at `target` with its functions typed and checked against numpy; (None, why) if not."""
     try:
-        why = None if target.exists() else _compile(target)
-        lib = None if why else ctypes.CDLL(str(target))
+        lib = ctypes.CDLL(str(target))
     except OSError as e:
-        why, lib = str(e), None
-    if lib is None:
-        if os.environ.get("RANK", "0") == "0":
-            print(f"leantune: the C kernels were not built ({why}); dropout uses numpy (same masks, slower), "
-                  "GELU and the gradient norm use torch", file=sys.stderr, flush=True)
-        return None
+        return None, f"cannot load {target.name}: {e}"
+    missing = [name for name in SYMBOLS if not hasattr(lib, name)]
+    if missing:
+        return None, f"{target.name} lacks {', '.join(missing)}"
     lib.lt_dropout_f32.restype = None
     lib.lt_dropout_f32.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
                                    ctypes.c_uint64, ctypes.c_uint32, ctypes.c_float]
@@ -216,6 +233,72 @@ def library() -> ctypes.CDLL | None:
     lib.lt_gelu_f32.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
     lib.lt_sumsq_f32.restype = ctypes.c_double
     lib.lt_sumsq_f32.argtypes = [ctypes.c_void_p, ctypes.c_int64]
+    problem = _self_check(lib)
+    return (None, f"{target.name} {problem}") if problem else (lib, None)
+
+
+def _self_check(lib: ctypes.CDLL) -> str | None:
+    """Run each kernel on a small input against its reference (numpy's stream, torch's GELU, a float64 sum);
+    what disagrees, or None. Odd sizes and sizes above the kernels' threading thresholds, every time a
+    library is loaded: a miscompiled or foreign library must never train a model."""
+    g = torch.Generator().manual_seed(0)
+    for n in (7, 70_001):
+        x = torch.randn(n, generator=g)
+        out, mask = torch.empty_like(x), torch.empty_like(x)
+        lib.lt_dropout_f32(x.data_ptr(), out.data_ptr(), mask.data_ptr(), n, 12345, threshold(0.1), scale(0.1))
+        expected = torch.from_numpy(keep(n, 12345, 0.1)).float() * scale(0.1)
+        if not (torch.equal(mask, expected) and torch.equal(out, x * mask)):
+            return "draws other dropout masks than the numpy reference"
+        y, d = torch.empty_like(x), torch.empty_like(x)
+        lib.lt_gelu_f32(x.data_ptr(), y.data_ptr(), d.data_ptr(), n)
+        xd = x.double()
+        cdf = 0.5 * (1 + torch.erf(xd * 0.5**0.5))
+        ref, grad = xd * cdf, cdf + xd * torch.exp(-0.5 * xd * xd) * (2 * math.pi) ** -0.5
+        if not (torch.allclose(y.double(), ref, atol=1e-6) and torch.allclose(d.double(), grad, atol=1e-5)):
+            return "computes another GELU than torch"
+        total = float(x.double().pow(2).sum())
+        if abs(lib.lt_sumsq_f32(x.data_ptr(), n) - total) > 1e-9 * total:
+            return "sums squares differently from float64"
+    return None
+
+
+def unavailable() -> str:
+    """Why `library()` returned None (empty when it did not)."""
+    return _why_not[-1] if _why_not else ""
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    """The compiled kernels, built on first use and checked on every load; None (after one line on stderr)
+    where they cannot be had. A cached library that does not load, lacks a function or fails the check
+    is removed and built again, once."""
+    _why_not.clear()
+    if os.environ.get("LEANTUNE_NO_KERNELS"):
+        _why_not.append("LEANTUNE_NO_KERNELS is set")
+        return None
+    cc, identity = _compiler()
+    key = "\n".join([SOURCE, _cpu_id(), platform.machine(), identity, repr(FLAG_SETS), os.environ.get("CFLAGS", "")])
+    target = _cache_dir() / f"kernels-{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
+    lib, why = None, None
+    for attempt in range(2):
+        try:
+            if not target.exists():
+                why = _compile(cc, target)
+                if why:
+                    break
+            lib, why = _load(target)
+        except OSError as e:
+            lib, why = None, str(e)
+        if lib is not None or attempt:
+            break
+        for stale in (target, target.with_suffix(".json")):  # corrupt or foreign: build it again, once
+            with contextlib.suppress(OSError):
+                stale.unlink()
+    if lib is None:
+        _why_not.append(why or "unknown")
+        if os.environ.get("RANK", "0") == "0":
+            print(f"leantune: the C kernels were not built ({why}); dropout uses numpy (same masks, slower), "
+                  "GELU and the gradient norm use torch", file=sys.stderr, flush=True)
     return lib
 
 

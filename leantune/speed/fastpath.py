@@ -3,7 +3,7 @@ a GELU whose backward is one multiply.
 
 On CPU, `torch.nn.functional.dropout` spends ~5 ns per element drawing Mersenne-Twister numbers one
 at a time; for a MiniLM step that is ~10% of the time. Here each mask comes from a counter-based
-SplitMix64 stream (`leantune/kernels.py`): 32-bit uniforms compared with p * 2^32, still Bernoulli(1 - p)
+SplitMix64 stream (`leantune/speed/kernels.py`): 32-bit uniforms compared with p * 2^32, still Bernoulli(1 - p)
 per element (resolution 2^-32, finer than torch's 2^-24), with the usual 1 / (1 - p) scaling. For float32
 a small C kernel draws the mask and applies it in one pass (~10x faster than torch's dropout); without a
 compiler, numpy draws the same mask. The stream is seeded from torch's global generator at each call,
@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from leantune import kernels
+from leantune.speed import kernels
 
 ATTN_NAME = "leantune_sdpa"
 

@@ -1,0 +1,282 @@
+"""The last encoder layer computed for the [CLS] position only: the same logits, ~1/7 less work.
+
+A sequence classifier whose head reads one row of the encoder's output, position 0 ([CLS] / <s>), through
+the pooler (BERT) or the classification head (RoBERTa, XLM-R, ELECTRA, DistilBERT), computes the other
+rows of its last layer and throws them away. Only their keys and values matter there, as what [CLS]
+attends to. So in that layer this computes the query, attention, output projection, feed-forward,
+LayerNorms and dropouts for position 0 alone, and folds the key and value projections into [CLS]'s
+query and context (`_cls_attention`), so that the other positions cost a few dot products each. On
+MiniLM-L6 that removes nearly all of the last layer's matrix multiplies (one sixth of the encoder)
+from both the forward and the backward pass.
+
+It is the same maths: every row of a linear layer, LayerNorm or feed-forward is computed from that
+row alone, and [CLS]'s attention row is computed from all keys as before. The results agree to
+rounding (a matrix multiply over fewer rows may sum in another order); dropout draws masks for fewer
+elements, so its random stream differs, not its distribution.
+
+It is switched on by proof, not by the model's class name (`why_not`): the last layer must have one of
+the two known structures (BERT's, DistilBERT's) with eager or SDPA attention and no decoder settings, and
+two probes on a small batch, in eval mode, must hold: moving every position but 0 of the last layer's
+output leaves the logits as they are (the head reads position 0 alone: a pooler replaced by mean pooling
+fails here), and the [CLS]-only layer gives the full layer's logits. A model set to return hidden states
+or attentions is refused; a single call asking for them runs the full layer.
+
+    with cls_only_last_layer(model):   # patches the last layer's forward, then restores it
+        logits = model(**batch).logits
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+ATTENTION = {"eager", "sdpa", "leantune_sdpa"}
+_DECISION = "_leantune_cls_only"  # attribute caching why_not's answer on the model
+
+
+class Form(NamedTuple):
+    """A layer structure with a [CLS]-only forward: where the layers are and which parts each must have."""
+
+    layers: str  # path from the base model to the ModuleList of layers
+    parts: tuple[str, ...]
+    forward: Callable[..., torch.Tensor]
+
+
+def _attention_parts(attn: nn.Module, q: str, k: str, v: str, heads: str) -> tuple[nn.Linear, nn.Linear, nn.Linear, int]:
+    return getattr(attn, q), getattr(attn, k), getattr(attn, v), int(getattr(attn, heads))
+
+
+def _forward_bert(layer: nn.Module, hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """BertLayer (also RoBERTa, XLM-R, ELECTRA) for position 0."""
+    attn = layer.attention.self
+    context = _cls_attention(attn, *_attention_parts(attn, "query", "key", "value", "num_attention_heads"),
+                             hidden, mask)
+    attention_output = layer.attention.output(context, hidden[:, :1])
+    return layer.output(layer.intermediate(attention_output), attention_output)
+
+
+def _forward_distilbert(layer: nn.Module, hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """DistilBERT's TransformerBlock for position 0."""
+    attn = layer.attention
+    context = _cls_attention(attn, *_attention_parts(attn, "q_lin", "k_lin", "v_lin", "n_heads"), hidden, mask)
+    attention_output = layer.sa_layer_norm(attn.out_lin(context) + hidden[:, :1])
+    return layer.output_layer_norm(layer.ffn(attention_output) + attention_output)
+
+
+FORMS = (
+    Form("encoder.layer", ("attention.self.query", "attention.self.key", "attention.self.value",
+                           "attention.self.dropout", "attention.output", "intermediate", "output"), _forward_bert),
+    Form("transformer.layer", ("attention.q_lin", "attention.k_lin", "attention.v_lin", "attention.out_lin",
+                               "attention.dropout", "sa_layer_norm", "ffn", "output_layer_norm"), _forward_distilbert),
+)
+
+
+def _find(model: nn.Module) -> tuple[nn.Module, Form] | str:
+    """The last layer and its form, or why there is none."""
+    base = getattr(model, "base_model", model)
+    for form in FORMS:
+        try:
+            layers = base.get_submodule(form.layers)
+        except AttributeError:
+            continue
+        if not isinstance(layers, nn.ModuleList) or not len(layers):
+            continue
+        layer = layers[-1]
+        if all(_has(layer, p) for p in form.parts):
+            return layer, form
+        return f"no [CLS]-only form for its last layer ({type(layer).__name__})"
+    return f"no [CLS]-only form for this encoder ({type(base).__name__})"
+
+
+def _has(module: nn.Module, path: str) -> bool:
+    try:
+        module.get_submodule(path)
+        return True
+    except AttributeError:
+        return False
+
+
+def last_layer(model: nn.Module) -> nn.Module | None:
+    """The encoder layer the patch replaces, when the model has a known structure (probes aside)."""
+    found = _find(model)
+    return None if isinstance(found, str) else found[0]
+
+
+def _structure_problem(model: nn.Module) -> str | None:
+    config = getattr(model, "config", None)
+    if config is None:
+        return "the model has no config"
+    if getattr(config, "output_hidden_states", False) or getattr(config, "output_attentions", False):
+        return "the model is set to return hidden states or attentions (they need every position)"
+    if getattr(config, "is_decoder", False) or getattr(config, "add_cross_attention", False):
+        return "a decoder or cross-attention uses the other positions"
+    if getattr(config, "chunk_size_feed_forward", 0):
+        return "chunked feed-forward"
+    if config._attn_implementation not in ATTENTION:
+        return f"attention implementation {config._attn_implementation!r} (eager or SDPA only)"
+    found = _find(model)
+    return found if isinstance(found, str) else None
+
+
+def why_not(model: nn.Module) -> str | None:
+    """Why the [CLS]-only last layer must not be used for `model` (None: it is proven to apply).
+
+    Checked once per model (the answer is kept on it): the structure, then two probes in eval mode on a
+    small batch drawn from a private generator (the run's random streams are not touched).
+    """
+    # fast_training's attention is SDPA's maths under another name: the same answer
+    attn = {"leantune_sdpa": "sdpa"}.get(model.config._attn_implementation, model.config._attn_implementation)
+    cached = model.__dict__.get(_DECISION)
+    if cached is not None and cached[0] == attn:
+        return cached[1]
+    problem = _structure_problem(model) or _probe(model)
+    object.__setattr__(model, _DECISION, (attn, problem))
+    return problem
+
+
+def _probe_batch(model: nn.Module) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    vocab = int(getattr(model.config, "vocab_size", 0) or 100)
+    device = next(model.parameters()).device
+    ids = torch.randint(min(5, vocab - 1), vocab, (3, 12), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 8:], mask[2, 5:] = 0, 0  # padded rows: the mask must be honoured in [CLS]'s row too
+    batch = {"input_ids": ids, "attention_mask": mask}
+    import inspect
+
+    if "token_type_ids" in inspect.signature(model.forward).parameters:
+        batch["token_type_ids"] = torch.zeros_like(ids)
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+@torch.no_grad()
+def _probe(model: nn.Module) -> str | None:
+    """The two probes (see the module docstring); None when both hold, else what failed."""
+    layer, _ = _find(model)
+    batch, was_training = _probe_batch(model), model.training
+    noise: dict[str, Any] = {"on": False}
+
+    def move_others(_module: nn.Module, _args: Any, output: Any) -> Any:
+        if not noise["on"]:
+            return output
+        hidden = output[0] if isinstance(output, tuple) else output
+        g = torch.Generator().manual_seed(1)
+        moved = hidden.clone()
+        moved[:, 1:] += torch.randn(moved[:, 1:].shape, generator=g).to(moved) * (1 + hidden.std())
+        return (moved, *output[1:]) if isinstance(output, tuple) else moved
+
+    model.eval()
+    handle = layer.register_forward_hook(move_others)
+    try:
+        full = model(**batch).logits.float()
+        noise["on"] = True
+        moved = model(**batch).logits.float()
+        noise["on"] = False
+        with _patched(model):
+            cls_only = model(**batch).logits.float()
+    finally:
+        handle.remove()
+        model.train(was_training)
+    scale = max(1.0, float(full.abs().max()))
+    if not torch.allclose(moved, full, rtol=0, atol=1e-6 * scale):
+        return (f"the head reads more than position 0 (moving the other positions of the last layer's output "
+                f"moved the logits by {float((moved - full).abs().max()):.2g})")
+    if not torch.allclose(cls_only, full, rtol=0, atol=1e-4 * scale):
+        return (f"the [CLS]-only layer did not give the full layer's logits (off by "
+                f"{float((cls_only - full).abs().max()):.2g})")
+    return None
+
+
+def _cls_attention(attn: nn.Module, q_proj: nn.Linear, k_proj: nn.Linear, v_proj: nn.Linear, heads: int,
+                   hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """[CLS]'s self-attention over all positions, (batch, 1, heads * head) out, without projecting keys and values.
+
+    With one query per head, q . (W_k h_j + b_k) = (W_k^T q) . h_j + q . b_k, and the context
+    sum_j p_j (W_v h_j + b_v) = W_v (sum_j p_j h_j) + b_v sum_j p_j (p after dropout, which need not sum
+    to 1). Folding W_k into the query and W_v after the weighted sum costs heads x hidden per position
+    instead of hidden x hidden: the last layer's key and value projections, ~3% of MiniLM's matrix
+    multiplies, forward and backward, are gone. The same maths; sums are taken in another order.
+    """
+    from leantune.speed.fastpath import ATTN_NAME
+    from leantune.speed.fastpath import dropout as fast_dropout
+
+    batch, _, width = hidden.shape
+    head = q_proj.out_features // heads
+    query = q_proj(hidden[:, 0]).view(batch, heads, head).transpose(0, 1)  # (heads, batch, head)
+    w_k = k_proj.weight.view(heads, head, width)
+    # (batch, heads, width) @ (batch, width, length): every head's scores at once
+    scores = torch.bmm(torch.bmm(query, w_k).transpose(0, 1), hidden.transpose(1, 2))
+    if k_proj.bias is not None:  # constant over positions (softmax ignores it); kept for the same scores
+        scores = scores + (query * k_proj.bias.view(heads, 1, head)).sum(-1).t().unsqueeze(-1)
+    scores = scores * getattr(attn, "scaling", head**-0.5)
+    if mask is not None:  # (batch, 1, 1, length) after keeping [CLS]'s query row
+        mask = mask.reshape(mask.shape[0], 1, mask.shape[-1])
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min) if mask.dtype == torch.bool else scores + mask
+    probs = torch.softmax(scores, dim=-1)
+    p = attn.dropout.p if attn.training else 0.0
+    if p > 0.0:
+        use_fast = attn.config._attn_implementation == ATTN_NAME  # fast_training is on: its dropout stream
+        probs = fast_dropout(probs, p) if use_fast else nn.functional.dropout(probs, p, training=True)
+    pooled = torch.bmm(probs, hidden).transpose(0, 1)  # (heads, batch, width): sum_j p_j h_j
+    context = torch.bmm(pooled, v_proj.weight.view(heads, head, width).transpose(1, 2))
+    if v_proj.bias is not None:
+        context = context + probs.sum(-1).t().unsqueeze(-1) * v_proj.bias.view(heads, 1, head)
+    return context.transpose(0, 1).reshape(batch, 1, heads * head)
+
+
+def _mask_for_cls(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    if attention_mask is not None and attention_mask.dim() == 4 and attention_mask.shape[-2] > 1:
+        return attention_mask[:, :, :1]  # (batch, 1, queries, keys): keep [CLS]'s query row
+    return attention_mask
+
+
+@contextlib.contextmanager
+def _patched(model: nn.Module) -> Iterator[None]:
+    """The last layer's forward replaced (an instance attribute: the class and other layers untouched).
+
+    A call that asks for hidden states or attentions (a forward pre-hook sees its keyword arguments) runs
+    the full layer: they need every position.
+    """
+    layer, form = _find(model)
+    full_forward = type(layer).forward
+    wants_all = {"on": False}
+
+    def note_request(_module: nn.Module, _args: Any, kwargs: dict[str, Any]) -> None:
+        wants_all["on"] = bool(kwargs.get("output_hidden_states") or kwargs.get("output_attentions"))
+
+    def forward(hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, *args: Any,
+                **kwargs: Any) -> Any:
+        if wants_all["on"]:
+            return full_forward(layer, hidden_states, attention_mask, *args, **kwargs)
+        return form.forward(layer, hidden_states, _mask_for_cls(attention_mask))
+
+    handle = model.register_forward_pre_hook(note_request, with_kwargs=True)
+    layer.forward = forward
+    try:
+        yield
+    finally:
+        del layer.forward
+        handle.remove()
+
+
+@contextlib.contextmanager
+def cls_only_last_layer(model: nn.Module, enabled: bool = True) -> Iterator[bool]:
+    """Compute `model`'s last encoder layer for position 0 only while inside, where `why_not` proves it
+    exact; yields whether it applies.
+
+    The encoder's `last_hidden_state` is (batch, 1, hidden) inside: only the logits (and loss) are
+    the model's usual ones, which is all that training, evaluation and prediction read.
+    """
+    layer = last_layer(model) if enabled else None
+    if layer is not None and "forward" in layer.__dict__:  # patched by an enclosing call (evaluation in training)
+        yield True
+        return
+    if layer is None or why_not(model) is not None:
+        yield False
+        return
+    with _patched(model):
+        yield True

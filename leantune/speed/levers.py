@@ -1,0 +1,192 @@
+"""One interface for the training levers, and the decision of which ones run.
+
+    levers = training_levers(train_dataset, accelerator, pad_ids)
+    decisions = decide(levers, model, args)           # {name: Decision}, one line logged by the caller
+    with enter_levers(levers, decisions, model, args):
+        ...  # train
+
+A lever that does not apply is never entered; its decision says why. Process-wide settings are not levers
+of a run (a library must not make them): `process.process_tuning()` reports what `tune_process()` did.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from torch import nn
+
+from leantune.speed import kernels
+from leantune.speed.clsonly import cls_only_last_layer, why_not
+from leantune.speed.compact import compact_embeddings, compaction_problem, used_token_ids
+from leantune.speed.cudagraph import can_use_cuda_graphs
+from leantune.speed.fastpath import fast_training
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Whether a lever runs, and why (or why not)."""
+
+    applied: bool
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"applied": self.applied, "reason": self.reason}
+
+
+class Lever(Protocol):
+    name: str
+
+    def applies(self, model: nn.Module, args: Any) -> Decision:
+        """Whether this lever applies to `model` trained with `args`, and why."""
+
+    def enter(self, model: nn.Module, args: Any) -> contextlib.AbstractContextManager:
+        """Switch the lever on for the block; the model is given back as it was."""
+
+
+def _off(flag: str) -> Decision:
+    return Decision(False, f"turned off (--no-{flag.replace('_', '-')})")
+
+
+class CompactEmbeddings:
+    name = "compact_embeddings"
+
+    def __init__(self, train_dataset: Any, device: Any, extra_ids: Iterable[int | None] = ()) -> None:
+        self.dataset, self.device, self.extra_ids = train_dataset, device, list(extra_ids)
+
+    def applies(self, model: nn.Module, args: Any) -> Decision:
+        if not args.compact_embeddings:
+            return _off(self.name)
+        problem = compaction_problem(model, args, self.device)
+        if problem:
+            return Decision(False, problem)
+        vocab = model.get_input_embeddings().num_embeddings
+        rows = used_token_ids(self.dataset, vocab, self.extra_ids)
+        if rows is None:
+            return Decision(False, "the training set has no input_ids")
+        return Decision(True, f"trains the {len(rows):,} of {vocab:,} embedding rows the training set uses "
+                              "(weight decay 0: the others never move)")
+
+    def enter(self, model: nn.Module, args: Any) -> contextlib.AbstractContextManager:
+        return compact_embeddings(model, self.dataset, args, self.device, self.extra_ids)
+
+
+class ClsOnlyLastLayer:
+    name = "cls_only_last_layer"
+
+    def applies(self, model: nn.Module, args: Any) -> Decision:
+        if not args.cls_only_last_layer:
+            return _off(self.name)
+        problem = why_not(model)
+        if problem:
+            return Decision(False, problem)
+        return Decision(True, "probed: the head reads position 0 alone and the [CLS]-only layer gives the full "
+                              "layer's logits")
+
+    def enter(self, model: nn.Module, args: Any) -> contextlib.AbstractContextManager:
+        return cls_only_last_layer(model)
+
+
+class FastDropout:
+    name = "fast_dropout"
+
+    def __init__(self, device: Any) -> None:
+        self.device = device
+
+    def applies(self, model: nn.Module, args: Any) -> Decision:
+        if not args.fast_dropout:
+            return _off(self.name)
+        if self.device.type != "cpu":
+            return Decision(False, "CPU only (torch's own dropout and GELU are fast on a GPU)")
+        if kernels.library() is None:
+            return Decision(True, f"dropout masks drawn by numpy from a counter-based stream (C kernels not "
+                                  f"available: {kernels.unavailable()}); torch's GELU")
+        return Decision(True, "dropout masks from a counter-based stream (same Bernoulli(p), another random "
+                              "stream) and a GELU saving its derivative (within ~5e-7), by C kernels checked "
+                              "against numpy")
+
+    def enter(self, model: nn.Module, args: Any) -> contextlib.AbstractContextManager:
+        return fast_training(model)
+
+
+class FoldedClip:
+    """The gradient clip folded into the fused AdamW step (optim.clip_grad_norm decides it from the
+    optimizer it is given; this states the same conditions from the arguments)."""
+
+    name = "fused_clip"
+
+    def __init__(self, accelerator: Any) -> None:
+        self.accelerator = accelerator
+
+    def applies(self, model: nn.Module, args: Any) -> Decision:
+        if args.max_grad_norm <= 0:
+            return Decision(False, "no clipping (--max-grad-norm 0)")
+        if self.accelerator.device.type != "cpu":
+            return Decision(False, "CPU only")
+        if self.accelerator.scaler is not None:
+            return Decision(False, "the fp16 grad scaler owns the step")
+        if args.optim != "adamw_torch_fused":
+            return Decision(False, f"needs --optim adamw_torch_fused (got {args.optim})")
+        norm = "in float64 by a C kernel" if kernels.library() is not None else "by torch"
+        return Decision(True, f"the fused AdamW divides by the clip factor as it reads each gradient (no separate "
+                              f"pass; x / s instead of x * (1 / s): fp32 rounding); the norm summed {norm}")
+
+    def enter(self, model: nn.Module, args: Any) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+
+class GroupByLength:
+    name = "group_by_length"
+
+    def applies(self, model: nn.Module, args: Any) -> Decision:
+        if not args.group_by_length:
+            return Decision(False, "plain shuffling (--no-group-by-length)")
+        return Decision(True, "batches of similar length, little padding; changes the data order versus plain "
+                              "shuffling, so results differ as between seeds")
+
+    def enter(self, model: nn.Module, args: Any) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()  # the Trainer's sampler reads the argument
+
+
+class CudaGraphs:
+    name = "cuda_graphs"
+
+    def __init__(self, accelerator: Any) -> None:
+        self.accelerator = accelerator
+
+    def applies(self, model: nn.Module, args: Any) -> Decision:
+        if not args.cuda_graphs:
+            return _off(self.name)
+        if can_use_cuda_graphs(True, self.accelerator, args.torch_compile):
+            return Decision(True, "each batch shape's forward and backward replayed from a CUDA graph")
+        return Decision(False, "one CUDA GPU only, without torch.compile or fp16")
+
+    def enter(self, model: nn.Module, args: Any) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()  # the Trainer builds its GraphedStep when this applies
+
+
+def training_levers(train_dataset: Any, accelerator: Any, pad_ids: Iterable[int | None]) -> list[Lever]:
+    """Every training lever, in the order they are entered (compaction first: the optimizer is built inside)."""
+    device = accelerator.device
+    return [CompactEmbeddings(train_dataset, device, pad_ids), ClsOnlyLastLayer(), FastDropout(device),
+            FoldedClip(accelerator), GroupByLength(), CudaGraphs(accelerator)]
+
+
+def decide(levers: Sequence[Lever], model: nn.Module, args: Any) -> dict[str, Decision]:
+    return {lever.name: lever.applies(model, args) for lever in levers}
+
+
+def summary(decisions: dict[str, Decision]) -> str:
+    """One line: each lever on or off, and why."""
+    return "; ".join(f"{name} {'on' if d.applied else 'off'} ({d.reason})" for name, d in decisions.items())
+
+
+@contextlib.contextmanager
+def enter_levers(levers: Sequence[Lever], decisions: dict[str, Decision], model: nn.Module, args: Any) -> Iterator[None]:
+    with contextlib.ExitStack() as stack:
+        for lever in levers:
+            if decisions[lever.name].applied:
+                stack.enter_context(lever.enter(model, args))
+        yield

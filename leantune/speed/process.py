@@ -1,0 +1,47 @@
+"""`tune_process()`: the process-wide settings that speed up CPU training, made only when asked.
+
+Two settings, each of the whole process, so a library must not make them behind its user's back:
+  * mkl: MKL's vendor checks answer yes on non-Intel x86 CPUs, so it runs the AVX2 / AVX-512 paths the
+    CPU has (`leantune/speed/mkl.py`); it must come before the process's first matrix multiply;
+  * malloc: glibc keeps freed memory mapped for the next step (`leantune/speed/malloc.py`); it cannot be
+    undone, and the resident size stays at its peak.
+
+    import leantune
+    leantune.tune_process()        # first thing: before any matrix multiply
+
+The `leantune` command calls it at start-up, as it owns its process (`--no-tune-process` to leave the
+process as it is). What was done, and why not where not, is logged in one line, kept for this process
+(`process_tuning()`), and written into each run's `leantune_config.json` (its `speed` block).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from leantune.speed.malloc import retain_freed_memory
+from leantune.speed.mkl import prefer_cpu_features
+
+log = logging.getLogger("leantune")
+_done: dict[str, dict[str, object]] = {}  # what tune_process() did in this process, by setting
+
+
+def tune_process(mkl: bool = True, malloc: bool = True) -> dict[str, dict[str, object]]:
+    """Make the process-wide CPU settings asked for; {setting: {"applied": bool, "reason": str}}."""
+    steps = {"mkl": (mkl, prefer_cpu_features), "malloc": (malloc, retain_freed_memory)}
+    for name, (wanted, apply) in steps.items():
+        if not wanted:
+            _done.setdefault(name, {"applied": False, "reason": "not asked for"})
+            continue
+        if _done.get(name, {}).get("applied"):
+            continue  # once is enough: a second call would find MKL's path already chosen
+        applied, reason = apply()
+        _done[name] = {"applied": applied, "reason": reason}
+    log.info("process tuning: " + "; ".join(f"{k} {'on' if v['applied'] else 'off'} ({v['reason']})"
+                                           for k, v in _done.items()))
+    return {k: dict(v) for k, v in _done.items()}
+
+
+def process_tuning() -> dict[str, dict[str, object]]:
+    """What tune_process() did in this process so far (both settings off when it was never called)."""
+    never = {"applied": False, "reason": "tune_process() was not called in this process"}
+    return {name: dict(_done.get(name, never)) for name in ("mkl", "malloc")}
