@@ -1,19 +1,29 @@
 """One benchmark run of one system, in its own process; prints a JSON line with its numbers.
 
-Systems:
-  hf        the HF `transformers.Trainer` with the course recipe (the reference)
-  hf_best   the HF Trainer in its own best settings: group_by_length, torch_compile, fused AdamW
-  hf_thp, leantune_thp   hf or leantune with THP_MEM_ALLOC_ENABLE=1 (set by bench_mrpc.py)
-  hf_mkl    hf with leantune's MKL dispatch patch (leantune/mkl.py); every other hf system runs without it
-  leantune_nomkl   leantune without it (bench_mrpc.py sets LEANTUNE_NO_MKL_PATCH for these)
-  leantune  leantune's defaults
-  leantune_bf16, leantune_nogroup, leantune_nofast, leantune_foreach, leantune_compile, leantune_nographs,
-  leantune_nocompact, leantune_nocls, leantune_keepfree (glibc's default trimming of freed memory)
-            one lever changed
-  leantune_plain   leantune with both length grouping and the fast dropout off
+Systems (the process-level tuning is leantune's `tune_process()`, the one call its `leantune` command makes at
+start-up; here it is made first thing in main(), before any matrix multiply, and what it returned is recorded):
+  hf        the HF `transformers.Trainer` with the course recipe, torch as shipped, no tune_process() (the
+            reference: what its users run)
+  hf_tuned  the HF Trainer in its best CPU settings: group_by_length (transformers 5: train_sampling_strategy),
+            fused AdamW, no torch_compile (which makes it slower on CPU), in a process that calls tune_process()
+            first: the same process-level tuning leantune's CLI applies
+  hf_best   the HF Trainer's old "best settings" row: group_by_length, torch_compile=True, fused AdamW, torch as
+            shipped (no tune_process()); kept to compare with older tables (torch_compile costs it on a CPU)
+  leantune  leantune's defaults, in a process that calls tune_process() first (as the CLI does)
+  one lever off in turn (the ablation; each in a tune_process() process unless it says otherwise):
+    leantune_nocompact (compact_embeddings=False), leantune_nocls (cls_only_last_layer=False),
+    leantune_nofast (fast_dropout=False), leantune_foreach (optim="adamw_torch": the foreach AdamW, so no
+    clip folded into the fused one), leantune_nogroup (group_by_length=False),
+    leantune_nomkl (tune_process(mkl=False)), leantune_nomalloc (tune_process(malloc=False)),
+    leantune_untuned (no tune_process() at all)
+  leantune_bf16   bf16 mixed precision (CPUs with AVX512-BF16 or AMX, or a GPU)
+  leantune_plain  length grouping and the fast dropout both off
+  leantune_compile, leantune_nographs   torch_compile on (padded to multiples of 16); CUDA graphs off (GPU)
+  hf_thp, leantune_thp   hf or leantune with THP_MEM_ALLOC_ENABLE=1 (set by bench_mrpc.py before the process starts)
 
---precision bf16 trains every system in bf16 mixed precision; --arch bert-base swaps the checkpoint for
-a random-init `BertConfig()` (bert-base shapes, for speed only) with the same tokenizer.
+--precision bf16 trains every system in bf16 mixed precision; --arch swaps the checkpoint for a random-init
+model (bench/archs.py: bert-base, or MiniLM's shape as bert, roberta, distilbert, deberta-v2, modernbert)
+with the same tokenizer: for speed only, its dev metrics mean nothing.
 """
 
 from __future__ import annotations
@@ -31,6 +41,29 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np
 import torch
+
+HERE = Path(__file__).resolve().parent
+
+# the process-level tuning of each system: tune_process()'s arguments, or None for a process as shipped
+TUNING = {"hf": None, "hf_thp": None, "hf_best": None, "hf_tuned": {},
+          "leantune_untuned": None, "leantune_nomkl": {"mkl": False}, "leantune_nomalloc": {"malloc": False}}
+DEFAULT_TUNING = {}  # every other leantune system: tune_process() as the `leantune` command calls it
+
+# leantune's TrainingArguments for each variant (the part of the system's name after "leantune_")
+LEANTUNE_VARIANTS = {
+    "": {}, "thp": {}, "untuned": {}, "nomkl": {}, "nomalloc": {},
+    "bf16": {"bf16": True}, "nogroup": {"group_by_length": False}, "nofast": {"fast_dropout": False},
+    "plain": {"group_by_length": False, "fast_dropout": False}, "nographs": {"cuda_graphs": False},
+    "foreach": {"optim": "adamw_torch"}, "compile": {"torch_compile": True, "pad_to_multiple_of": 16},
+    "nocompact": {"compact_embeddings": False}, "nocls": {"cls_only_last_layer": False},
+}
+HF_SYSTEMS = ("hf", "hf_thp", "hf_best", "hf_tuned")
+SYSTEMS = HF_SYSTEMS + tuple(f"leantune_{v}" if v else "leantune" for v in LEANTUNE_VARIANTS)
+
+
+def tuning_of(system: str) -> dict | None:
+    """tune_process()'s keyword arguments for this system, or None: no tune_process() in its process."""
+    return TUNING.get(system, None if system.startswith("hf") else DEFAULT_TUNING)
 
 
 class CountingCollator:
@@ -80,23 +113,27 @@ def timed_train_and_predict(trainer, collator: CountingCollator, data):
     return train_s, eval_s, real, padded, dev_metrics(pred.predictions, pred.label_ids), data
 
 
-def make_model(args, model_dir: str, **kw):
-    """The pretrained checkpoint with a new 2-way head, or a random-init bert-base (`--arch bert-base`)."""
-    from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
+def make_model(args, model_dir: str):
+    """The pretrained checkpoint with a new 2-way head, or a random-init model of `--arch` (bench/archs.py)."""
+    from archs import make_random_model
+    from transformers import AutoModelForSequenceClassification
 
-    if args.arch == "bert-base":
-        return BertForSequenceClassification(BertConfig(num_labels=2))
-    return AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2, **kw)
+    if args.arch != "pretrained":
+        return make_random_model(args.arch, model_dir)
+    return AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2)
 
 
-def run_hf(args, best: bool):
+def run_hf(args, system: str):
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
     model_dir, tok, data = load(args)
     model = make_model(args, model_dir)
     # transformers 5 spells group_by_length=True as train_sampling_strategy="group_by_length"
-    extra = {"train_sampling_strategy": "group_by_length", "torch_compile": True, "optim": "adamw_torch_fused"} \
-        if best else {}
+    extra = dict({"hf_tuned": {"train_sampling_strategy": "group_by_length", "optim": "adamw_torch_fused"},
+                  "hf_best": {"train_sampling_strategy": "group_by_length", "torch_compile": True,
+                              "optim": "adamw_torch_fused"}}.get(system, {}))
+    if args.precision == "bf16" and not torch.cuda.is_available():
+        extra["use_cpu"] = True  # HF refuses bf16 without a GPU unless told it is on the CPU (then: CPU autocast)
     targs = TrainingArguments(args.out, num_train_epochs=args.epochs, per_device_train_batch_size=8,
                               per_device_eval_batch_size=8, learning_rate=5e-5, seed=args.seed, eval_strategy="no",
                               save_strategy="no", report_to="none", logging_steps=50, disable_tqdm=True,
@@ -112,12 +149,8 @@ def run_leantune(args, variant: str):
 
     model_dir, tok, data = load(args)
     labels = ("not_equivalent", "equivalent")
-    model = make_model(args, model_dir) if args.arch == "bert-base" else load_model(model_dir, labels, quiet=True)
-    extra = {"": {}, "bf16": {"bf16": True}, "nogroup": {"group_by_length": False}, "nofast": {"fast_dropout": False},
-             "plain": {"group_by_length": False, "fast_dropout": False}, "nographs": {"cuda_graphs": False},
-             "foreach": {"optim": "adamw_torch"}, "compile": {"torch_compile": True, "pad_to_multiple_of": 16},
-             "nocompact": {"compact_embeddings": False}, "nocls": {"cls_only_last_layer": False},
-             "thp": {}, "keepfree": {"retain_freed_memory": False}, "nomkl": {}}[variant]
+    model = make_model(args, model_dir) if args.arch != "pretrained" else load_model(model_dir, labels, quiet=True)
+    extra = dict(LEANTUNE_VARIANTS[variant])
     if args.precision == "bf16":
         extra["bf16"] = True
     targs = TrainingArguments(args.out, num_train_epochs=args.epochs, seed=args.seed, eval_strategy="no",
@@ -129,8 +162,10 @@ def run_leantune(args, variant: str):
 
 
 def main():
+    from archs import ARCHS
+
     p = argparse.ArgumentParser()
-    p.add_argument("--system", required=True)
+    p.add_argument("--system", required=True, choices=SYSTEMS)
     p.add_argument("--data-dir", required=True)
     p.add_argument("--model")
     p.add_argument("--epochs", type=float, default=3)
@@ -138,28 +173,36 @@ def main():
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--out", required=True)
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
-    p.add_argument("--arch", choices=["pretrained", "bert-base"], default="pretrained")
+    p.add_argument("--arch", choices=ARCHS, default="pretrained")
     args = p.parse_args()
+    # first thing, before this process's first matrix multiply (MKL picks its code path there)
+    tuning_args, tuning = tuning_of(args.system), None
+    if tuning_args is not None:
+        from leantune.speed.process import tune_process
+
+        tuning = tune_process(**tuning_args)
     torch.set_num_threads(os.cpu_count() or 1)
     from transformers import set_seed
 
-    set_seed(args.seed)  # the new classification head's init, the same for every system
+    set_seed(args.seed)  # the new classification head's init (or the random-init model's), the same for every system
     if args.system.startswith("hf"):
-        res = run_hf(args, best=args.system == "hf_best")  # hf_mkl: hf, with the environment bench_mrpc.py gives it
+        res = run_hf(args, args.system)
     else:
         res = run_leantune(args, args.system.partition("_")[2])
     train_s, eval_s, real, padded, metrics, data = res
     lengths = [len(x) for x in data["train"]["input_ids"]]
     print(json.dumps({
-        "system": args.system, "seed": args.seed, "epochs": args.epochs, "train_examples": len(data["train"]),
-        "train_s": train_s, "eval_s": eval_s, "real_tokens": real, "padded_tokens": padded,
-        "attn_sq_tokens_per_epoch": int(sum(n * n for n in lengths)),
+        "system": args.system, "seed": args.seed, "epochs": args.epochs, "arch": args.arch,
+        "train_examples": len(data["train"]), "train_s": train_s, "eval_s": eval_s, "real_tokens": real,
+        "padded_tokens": padded, "attn_sq_tokens_per_epoch": int(sum(n * n for n in lengths)),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else 0.0,
         "dev_accuracy": metrics["accuracy"], "dev_f1": metrics["f1"],
+        "tune_process": tuning,  # what tune_process() returned in this process; None: not called
+        "thp": os.environ.get("THP_MEM_ALLOC_ENABLE", ""),
     }))
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(HERE.parent))  # this checkout's leantune, ahead of an installed one
     main()
