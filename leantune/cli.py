@@ -101,14 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     fn, text, split_default = COMMANDS[argv[0]]
     ns = (_report_parser if argv[0] == "report" else _parser)(argv[0], text, split_default).parse_args(argv[1:])
     _quiet_libraries()
-    if argv[0] != "report" and from_namespace(ProcessArguments, ns).tune_process:
-        from leantune.speed.process import tune_process
-
-        # this command owns its process; before any matrix multiply (leantune/speed/mkl.py). What was done is
-        # part of the training's "speed levers" line and of leantune_config.json, not a line of its own here:
-        # a command that ends in a bad-input error prints that one line only
-        tune_process()
     try:
+        if argv[0] != "report":
+            _own_process(ns)
         return fn(ns)
     except LeantuneError as e:
         message = str(e).replace("\r", "\\r").replace("\n", "\\n")  # one line, whatever a file name holds
@@ -124,6 +119,22 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{e.filename}: " if e.filename else ""
         print(f"leantune: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
+
+
+def _own_process(ns: argparse.Namespace) -> None:
+    """The process-wide settings this command makes because it owns its process (a library call never does).
+
+    Tuning comes first, before any matrix multiply (leantune/speed/mkl.py). What it did is part of the
+    training's "speed levers" line (evaluate/predict: a "process:" line) and of leantune_config.json, not a
+    line of its own here: a command that ends in a bad-input error prints that one line only.
+    """
+    from leantune.distributed import on_cpu, set_threads_per_process
+
+    if from_namespace(ProcessArguments, ns).tune_process:
+        from leantune.speed.process import tune_process
+
+        tune_process()
+    set_threads_per_process(on_cpu(from_namespace(TrainingArguments, ns)))
 
 
 def _quiet_libraries() -> None:

@@ -25,6 +25,7 @@ from leantune.metrics import build_compute_metrics
 from leantune.model import load_model, load_tokenizer
 from leantune.report import finish_run
 from leantune.runlog import write_json_atomic
+from leantune.speed.process import process_line, process_tuning
 from leantune.tasks import get_task
 from leantune.trainer import PredictionOutput, Trainer, TrainOutput
 
@@ -133,6 +134,7 @@ def _trained(data_args: DataArguments, args: TrainingArguments) -> tuple[Trainer
     model = load_model(data_args.model, names, quiet=False)
     trainer = Trainer(model, args, processing_class=tokenizer,
                       compute_metrics=build_compute_metrics(info.task, info.num_labels, info.is_regression))
+    trainer.log.info(f"process: {process_line()}")  # after the input checks: a bad input still gets one line
     return trainer, info, dsd
 
 
@@ -167,7 +169,8 @@ def predict(data_args: DataArguments, args: TrainingArguments, split: str = "tes
     if result.label_ids is not None:
         write_json_atomic(out / "predict_metrics.json", result.metrics)
         trainer.log.info(" ".join(f"{k}={v:.4f}" for k, v in result.metrics.items() if isinstance(v, float)))
-    save_config(out / CONFIG_FILE, training=args, data=data_args, split=split, environment=environment())
+    save_config(out / CONFIG_FILE, training=args, data=data_args, split=split, environment=environment(),
+                speed=process_tuning())
     trainer.log.info(f"wrote {len(result.predictions)} predictions to {out / 'predictions.tsv'}")
     return result
 

@@ -53,8 +53,6 @@ from leantune.control import BestTracker, GracefulStop, NonFiniteGuard, signal_n
 from leantune.distributed import (
     ShardedBatchSampler,
     make_accelerator,
-    on_cpu,
-    set_threads_per_process,
 )
 from leantune.errors import LeantuneError, TrainingInterrupted
 from leantune.evaluation import EvaluationLoop, PredictionOutput
@@ -63,8 +61,20 @@ from leantune.optim import build_optimizer, build_scheduler, check_precision, cl
 from leantune.runlog import RunLog
 from leantune.speed.cudagraph import BUCKET, GraphedStep, can_use_cuda_graphs
 from leantune.speed.levers import Decision, decide, enter_levers, summary, training_levers
-from leantune.speed.process import process_tuning
+from leantune.speed.process import process_line, process_tuning
 from leantune.stats import TrainStats
+
+
+def process_seed(seed: int, process_index: int) -> int:
+    """The seed of process `process_index`'s random streams: `seed` for process 0, else one drawn from
+    (seed, index) by numpy's SeedSequence. Not seed + index (Accelerate's device_specific): then process 1
+    of a run with seed s would repeat process 0 of the run with seed s + 1 (multi-seed runs would share
+    streams)."""
+    if process_index == 0:
+        return seed
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, process_index]).generate_state(1)[0])
 
 
 class TrainOutput(NamedTuple):
@@ -90,7 +100,6 @@ class Trainer(EvaluationLoop):
         self.args = args or TrainingArguments()
         check_precision(self.args)
         self.processing_class = processing_class if processing_class is not None else tokenizer
-        set_threads_per_process(on_cpu(self.args))
         self.accelerator = make_accelerator(self.args)
         set_seed(self.args.seed)
         self.model = model
@@ -124,8 +133,7 @@ class Trainer(EvaluationLoop):
         # those that do are switched on for the run and the model is given back as it was.
         levers = training_levers(self.train_dataset, self.accelerator, [getattr(self.data_collator, "pad_token_id", None)])
         self.speed = decide(levers, self.model, self.args)
-        process = "; ".join(f"{k} {'on' if v['applied'] else 'off'} ({v['reason']})" for k, v in process_tuning().items())
-        self.log.info(f"speed levers: {summary(self.speed)}; process: {process}")
+        self.log.info(f"speed levers: {summary(self.speed)}; process: {process_line()}")
         with enter_levers(levers, self.speed, self.model, self.args):
             return self._train(resume_from_checkpoint)
 
@@ -136,9 +144,9 @@ class Trainer(EvaluationLoop):
 
     def _train(self, resume_from_checkpoint: str | bool | None) -> TrainOutput:
         args, acc = self.args, self.accelerator
-        # Each process its own random streams (dropout): seed + process index, as Accelerate's device_specific
-        # seeding does (process 0 keeps the seed); the data order comes from a private generator.
-        set_seed(args.seed, device_specific=True)
+        # Each process its own random streams (dropout); process 0 keeps the seed. The data order comes from a
+        # private generator, the same in every process.
+        set_seed(process_seed(args.seed, acc.process_index))
         loader, sampler = self._train_loader()
         optimizer = build_optimizer(self.model, args)
         steps_per_epoch = math.ceil(len(loader) / args.gradient_accumulation_steps)

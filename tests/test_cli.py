@@ -58,7 +58,8 @@ def test_short_train_then_evaluate_and_predict(tiny_bert, csv_files, tmp_path):
     assert all(isinstance(v["applied"], bool) and v["reason"] for v in speed.values())
     assert speed["compact_embeddings"]["applied"] and speed["cls_only_last_layer"]["applied"]
     assert not speed["cuda_graphs"]["applied"]
-    assert speed["mkl"]["reason"] != "tune_process() was not called in this process"  # the CLI tuned its process
+    # the CLI tuned its process, first thing: applied, or not needed on this CPU, never "already chose"
+    assert speed["mkl"]["applied"] or "not needed" in speed["mkl"]["reason"] or "not a build" in speed["mkl"]["reason"]
     [line] = [x for x in r.stderr.splitlines() if x.startswith("leantune: speed levers:")]
     assert all(f"{name} {'on' if v['applied'] else 'off'}" in line for name, v in speed.items())
     assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()

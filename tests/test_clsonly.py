@@ -16,6 +16,8 @@ from transformers import (
     DistilBertForSequenceClassification,
     ElectraConfig,
     ElectraForSequenceClassification,
+    MPNetConfig,
+    MPNetForSequenceClassification,
     RobertaConfig,
     RobertaForSequenceClassification,
 )
@@ -35,6 +37,9 @@ def _model(kind: str, attn: str = "sdpa") -> torch.nn.Module:
         model = RobertaForSequenceClassification(RobertaConfig(**SIZES, num_labels=3, pad_token_id=1))
     elif kind == "electra":
         model = ElectraForSequenceClassification(ElectraConfig(**SIZES, embedding_size=32, num_labels=3))
+    elif kind == "mpnet":
+        model = MPNetForSequenceClassification(MPNetConfig(**{**SIZES, "max_position_embeddings": 80}, num_labels=3,
+                                                           pad_token_id=1))
     else:
         model = DistilBertForSequenceClassification(DistilBertConfig(
             vocab_size=120, dim=32, n_layers=2, n_heads=4, hidden_dim=64, max_position_embeddings=64, num_labels=3))
@@ -52,10 +57,6 @@ def _batch() -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([0, 1, 2, 1])}
 
 
-def _batch_for(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return _batch()
-
-
 def _logits_and_grads(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     model.zero_grad(set_to_none=True)
     out = model(**batch)
@@ -64,7 +65,7 @@ def _logits_and_grads(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor
 
 
 @pytest.mark.parametrize("kind,attn", [("bert", "sdpa"), ("bert", "eager"), ("roberta", "sdpa"), ("electra", "sdpa"),
-                                       ("distilbert", "sdpa"), ("distilbert", "eager")])
+                                       ("distilbert", "sdpa"), ("distilbert", "eager"), ("mpnet", "eager")])
 def test_same_logits_and_gradients_as_the_full_last_layer(kind, attn):
     model, batch = _model(kind, attn).eval(), _batch()  # eval: no dropout, so both runs are deterministic
     full_logits, full_grads = _logits_and_grads(model, batch)
@@ -153,10 +154,73 @@ def test_a_head_that_reads_other_positions_is_refused_by_the_probe():
 def test_a_last_layer_that_computes_something_else_is_refused_by_the_probe():
     model = _model("bert").eval()
     layer = last_layer(model)
-    original = type(layer).forward
-    # a subclass-like change the structure check cannot see: the full layer scales its output
-    layer.forward = lambda *a, **k: original(layer, *a, **k) * 1.5
+    base = type(layer)
+    # a subclass the structure check cannot tell from BERT's layer: its full forward scales the output
+    layer.__class__ = type("ScaledLayer", (base,), {"forward": lambda self, *a, **k: base.forward(self, *a, **k) * 1.5})
     assert "did not give the full layer's logits" in why_not(model)
+
+
+class GatedPooler(torch.nn.Module):
+    """BERT's pooler plus a gated mean over every position, the gate 0 at init: the logits read [CLS] alone
+    at first, but the gate's gradient reads every position."""
+
+    def __init__(self, pooler: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner, self.gate = pooler, torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.inner(hidden_states) + self.gate * hidden_states.mean(1)
+
+
+class LoRALinear(torch.nn.Linear):
+    """An adapter on the key/value projection (B = 0 at init): the fold would read only the base weight."""
+
+    def __init__(self, base: torch.nn.Linear) -> None:
+        super().__init__(base.in_features, base.out_features)
+        self.load_state_dict(base.state_dict())
+        self.lora_a = torch.nn.Parameter(torch.randn(2, base.in_features))
+        self.lora_b = torch.nn.Parameter(torch.zeros(base.out_features, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) + x @ self.lora_a.t() @ self.lora_b.t()
+
+
+def test_paths_that_are_zero_at_init_but_train_differently_are_refused():
+    gated = _model("bert")
+    gated.bert.pooler = GatedPooler(gated.bert.pooler)
+    assert "gradient for bert.pooler.gate" in why_not(gated)
+    adapted = _model("bert")
+    last_layer(adapted).attention.self.value = LoRALinear(last_layer(adapted).attention.self.value)
+    assert "not plain nn.Linear" in why_not(adapted)
+
+
+def test_the_answer_follows_the_model_and_the_probe_leaves_it_as_it_was():
+    model = _model("bert")
+    model.train()
+    model.bert.embeddings.eval()  # a module in its own mode must stay so
+    wrapped = last_layer(model).forward  # an instance forward of someone else's (another library's hook)
+    assert why_not(model) is None
+    assert model.training and not model.bert.embeddings.training
+    model.bert.pooler = MeanPooler(model.bert.pooler)  # changed after the first answer: asked again
+    assert "reads more than position 0" in why_not(model)
+    model.bert.pooler = model.bert.pooler.inner
+    assert why_not(model) is None
+    last_layer(model).forward = wrapped
+    assert "replaced by other code" in why_not(model)
+    with cls_only_last_layer(model) as applied:
+        assert not applied
+    assert last_layer(model).__dict__["forward"] is wrapped  # never removed
+    model.config.vocab_size = 10_000  # larger than the embedding: the probe's ids come from the embedding
+    del last_layer(model).forward
+    assert why_not(model) is None
+
+
+def test_a_model_the_probe_cannot_run_is_left_alone():
+    model = _model("bert")
+    model.forward = lambda **kw: (_ for _ in ()).throw(ValueError("needs other inputs"))
+    with cls_only_last_layer(model) as applied:
+        assert not applied
+    assert "could not run this model (ValueError: needs other inputs)" in why_not(model)
 
 
 def test_hidden_states_and_attentions_get_every_position():
@@ -175,15 +239,16 @@ def test_hidden_states_and_attentions_get_every_position():
     assert "hidden states" in why_not(configured)
 
 
-@pytest.mark.parametrize("kind", ["bert", "distilbert"])
+@pytest.mark.parametrize("kind", ["bert", "distilbert", "mpnet"])
 def test_the_cls_layers_attention_dropout_runs_in_training(kind):
     """Only the last layer's attention dropout is on (p = 0.5): its logits must vary from draw to draw, with
     the same mean as the full layer's (the [CLS] row is unbiased either way)."""
-    model, batch = _model(kind), _batch()
+    model, batch = _model(kind, "eager" if kind == "mpnet" else "sdpa"), _batch()  # MPNet has no SDPA path
     for m in model.modules():
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0
-    last_layer(model).get_submodule("attention.self.dropout" if kind == "bert" else "attention.dropout").p = 0.5
+    path = {"bert": "attention.self.dropout", "distilbert": "attention.dropout", "mpnet": "attention.attn.dropout"}
+    last_layer(model).get_submodule(path[kind]).p = 0.5
     assert why_not(model) is None
     model.train()
     batch.pop("labels")

@@ -94,9 +94,8 @@ def test_two_process_predict_writes_each_index_once_in_order(no_dropout_bert, fi
 def test_two_process_kill_and_resume_matches_the_uninterrupted_run(tiny_bert, files, tmp_path):
     """SIGKILL the whole 2-process job once a checkpoint exists, resume under 2 processes: same weights.
 
-    Rank 0's RNG state stands for both ranks: every process seeds alike and the fast CPU dropout draws
-    one number per mask from torch's generator, whatever the slice's shape, so the ranks' states agree
-    at every step boundary.
+    Each process's RNG state (its own seed: trainer.process_seed) is saved in the checkpoint and restored in
+    that process, so both ranks' dropout streams continue where they were.
     """
     import os
     import signal

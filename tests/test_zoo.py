@@ -217,7 +217,8 @@ DATA_FLAGS = ["--text-columns", "sentence1", "sentence2", "--use-cpu", "--quiet"
 def _cli(*argv: str) -> None:
     from leantune.cli import main
 
-    assert main(list(argv)) == 0, f"leantune {' '.join(argv)} failed (its error is in the captured stderr)"
+    # --no-tune-process: the command runs inside pytest's process, whose settings it must not change
+    assert main([*argv, "--no-tune-process"]) == 0, f"leantune {' '.join(argv)} failed (see the captured stderr)"
 
 
 @pytest.fixture(scope="module")
@@ -281,7 +282,7 @@ def test_cli_train_evaluate_predict_reload(zoo: Zoo, family: str, trained: Calla
 
 
 # Families whose last layer has a [CLS]-only form (leantune/speed/clsonly.py) and whose head reads [CLS] alone.
-CLS_ONLY = {"bert", "roberta", "xlm-roberta", "electra", "distilbert"}
+CLS_ONLY = {"bert", "roberta", "xlm-roberta", "electra", "distilbert", "mpnet"}
 
 
 @pytest.mark.parametrize("family", SAVED)

@@ -216,8 +216,7 @@ def compact_embeddings(model: nn.Module, train_dataset: Any, args: Any, device: 
         yield None
         return
     original = model.get_input_embeddings()
-    pad_ids = [original.padding_idx, getattr(getattr(model, "config", None), "pad_token_id", None), *extra_ids]
-    rows = used_token_ids(train_dataset, original.num_embeddings, pad_ids)
+    rows = rows_to_train(model, train_dataset, extra_ids)
     if rows is None:
         yield None
         return
@@ -228,6 +227,14 @@ def compact_embeddings(model: nn.Module, train_dataset: Any, args: Any, device: 
     finally:
         compact.sync(force=True)
         model.set_input_embeddings(original)
+
+
+def rows_to_train(model: nn.Module, train_dataset: Any, extra_ids: Iterable[int | None] = ()) -> torch.Tensor | None:
+    """The embedding rows compaction trains: those the training set uses, plus the padding rows (the
+    embedding's padding_idx, the config's pad_token_id, `extra_ids`); None without input_ids."""
+    emb = model.get_input_embeddings()
+    pad_ids = [emb.padding_idx, getattr(getattr(model, "config", None), "pad_token_id", None), *extra_ids]
+    return used_token_ids(train_dataset, emb.num_embeddings, pad_ids)
 
 
 def _compact_params(optimizer: torch.optim.Optimizer) -> dict[int, nn.Parameter]:

@@ -218,6 +218,8 @@ def fast_training(model: nn.Module, enabled: bool = True) -> Iterator[nn.Module]
     try:
         yield model
     finally:
+        global _last_mask
+        _last_mask = None  # the last forward's mask must not outlive the run
         for parent, name, original in swapped:
             original.train(getattr(parent, name).training)
             setattr(parent, name, original)

@@ -29,6 +29,7 @@ import contextlib
 import ctypes
 import functools
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -180,6 +181,7 @@ def _cpu_id() -> str:
 FLAG_SETS = (("-O3", "-march=native", "-fopenmp"), ("-O3", "-march=native"), ("-O3",))
 SYMBOLS = ("lt_dropout_f32", "lt_gelu_f32", "lt_sumsq_f32")
 _why_not: list[str] = []  # why the last library() call found no usable library
+_loads = itertools.count()
 
 
 def _compiler() -> tuple[str, str]:
@@ -218,11 +220,21 @@ def _compile(cc: str, target: Path) -> str | None:
 
 
 def _load(target: Path) -> tuple[ctypes.CDLL | None, str | None]:
-    """The library at `target` with its functions typed and checked against numpy; (None, why) if not."""
+    """The library at `target` with its functions typed and checked against numpy; (None, why) if not.
+
+    It is opened through a link of its own name: the dynamic loader hands back an already-loaded library for
+    a name it has seen, even when the file there was replaced since (a rebuilt cache would never be used in
+    this process); by a new name it compares the file itself, and loads a replaced one afresh.
+    """
+    link = target.with_name(f".{target.stem}-{os.getpid()}-{next(_loads)}.so")
     try:
-        lib = ctypes.CDLL(str(target))
+        os.link(target, link)
+        lib = ctypes.CDLL(str(link))
     except OSError as e:
         return None, f"cannot load {target.name}: {e}"
+    finally:
+        with contextlib.suppress(OSError):
+            link.unlink()  # the loaded library stays mapped
     missing = [name for name in SYMBOLS if not hasattr(lib, name)]
     if missing:
         return None, f"{target.name} lacks {', '.join(missing)}"
@@ -277,7 +289,7 @@ def library() -> ctypes.CDLL | None:
         _why_not.append("LEANTUNE_NO_KERNELS is set")
         return None
     cc, identity = _compiler()
-    key = "\n".join([SOURCE, _cpu_id(), platform.machine(), identity, repr(FLAG_SETS), os.environ.get("CFLAGS", "")])
+    key = "\n".join([SOURCE, _cpu_id(), platform.machine(), identity, repr(FLAG_SETS)])
     target = _cache_dir() / f"kernels-{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
     lib, why = None, None
     for attempt in range(2):

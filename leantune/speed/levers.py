@@ -20,7 +20,7 @@ from torch import nn
 
 from leantune.speed import kernels
 from leantune.speed.clsonly import cls_only_last_layer, why_not
-from leantune.speed.compact import compact_embeddings, compaction_problem, used_token_ids
+from leantune.speed.compact import compact_embeddings, compaction_problem, rows_to_train
 from leantune.speed.cudagraph import can_use_cuda_graphs
 from leantune.speed.fastpath import fast_training
 
@@ -63,11 +63,11 @@ class CompactEmbeddings:
         if problem:
             return Decision(False, problem)
         vocab = model.get_input_embeddings().num_embeddings
-        rows = used_token_ids(self.dataset, vocab, self.extra_ids)
+        rows = rows_to_train(model, self.dataset, self.extra_ids)  # the same rows enter() trains
         if rows is None:
             return Decision(False, "the training set has no input_ids")
-        return Decision(True, f"trains the {len(rows):,} of {vocab:,} embedding rows the training set uses "
-                              "(weight decay 0: the others never move)")
+        return Decision(True, f"trains the {len(rows):,} of {vocab:,} embedding rows the training set and padding "
+                              "use (weight decay 0: the others never move)")
 
     def enter(self, model: nn.Module, args: Any) -> contextlib.AbstractContextManager:
         return compact_embeddings(model, self.dataset, args, self.device, self.extra_ids)

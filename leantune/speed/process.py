@@ -36,8 +36,7 @@ def tune_process(mkl: bool = True, malloc: bool = True) -> dict[str, dict[str, o
             continue  # once is enough: a second call would find MKL's path already chosen
         applied, reason = apply()
         _done[name] = {"applied": applied, "reason": reason}
-    log.info("process tuning: " + "; ".join(f"{k} {'on' if v['applied'] else 'off'} ({v['reason']})"
-                                           for k, v in _done.items()))
+    log.info(f"process tuning: {process_line()}")
     return {k: dict(v) for k, v in _done.items()}
 
 
@@ -45,3 +44,8 @@ def process_tuning() -> dict[str, dict[str, object]]:
     """What tune_process() did in this process so far (both settings off when it was never called)."""
     never = {"applied": False, "reason": "tune_process() was not called in this process"}
     return {name: dict(_done.get(name, never)) for name in ("mkl", "malloc")}
+
+
+def process_line() -> str:
+    """process_tuning() in one line: each setting on or off, and why."""
+    return "; ".join(f"{k} {'on' if v['applied'] else 'off'} ({v['reason']})" for k, v in process_tuning().items())
