@@ -83,7 +83,7 @@ class ClsOnlyLastLayer:
         if problem:
             return Decision(False, problem)
         return Decision(True, "probed: the head reads position 0 alone and the [CLS]-only layer gives the full "
-                              "layer's logits")
+                              "layer's logits and gradients")
 
     def enter(self, model: nn.Module, args: Any) -> contextlib.AbstractContextManager:
         return cls_only_last_layer(model)
