@@ -16,6 +16,8 @@ from transformers import (
     DistilBertForSequenceClassification,
     ElectraConfig,
     ElectraForSequenceClassification,
+    ModernBertConfig,
+    ModernBertForSequenceClassification,
     MPNetConfig,
     MPNetForSequenceClassification,
     RobertaConfig,
@@ -37,6 +39,11 @@ def _model(kind: str, attn: str = "sdpa") -> torch.nn.Module:
         model = RobertaForSequenceClassification(RobertaConfig(**SIZES, num_labels=3, pad_token_id=1))
     elif kind == "electra":
         model = ElectraForSequenceClassification(ElectraConfig(**SIZES, embedding_size=32, num_labels=3))
+    elif kind == "modernbert":  # 3 layers: the last is a sliding-window one (a window of 8 over 11 tokens)
+        model = ModernBertForSequenceClassification(ModernBertConfig(
+            vocab_size=120, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
+            max_position_embeddings=64, pad_token_id=1, bos_token_id=2, eos_token_id=3, cls_token_id=2,
+            sep_token_id=3, local_attention=8, num_labels=3, classifier_pooling="cls"))
     elif kind == "mpnet":
         model = MPNetForSequenceClassification(MPNetConfig(**{**SIZES, "max_position_embeddings": 80}, num_labels=3,
                                                            pad_token_id=1))
@@ -65,7 +72,8 @@ def _logits_and_grads(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor
 
 
 @pytest.mark.parametrize("kind,attn", [("bert", "sdpa"), ("bert", "eager"), ("roberta", "sdpa"), ("electra", "sdpa"),
-                                       ("distilbert", "sdpa"), ("distilbert", "eager"), ("mpnet", "eager")])
+                                       ("distilbert", "sdpa"), ("distilbert", "eager"), ("mpnet", "eager"),
+                                       ("modernbert", "sdpa"), ("modernbert", "eager")])
 def test_same_logits_and_gradients_as_the_full_last_layer(kind, attn):
     model, batch = _model(kind, attn).eval(), _batch()  # eval: no dropout, so both runs are deterministic
     full_logits, full_grads = _logits_and_grads(model, batch)

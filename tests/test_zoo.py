@@ -282,7 +282,7 @@ def test_cli_train_evaluate_predict_reload(zoo: Zoo, family: str, trained: Calla
 
 
 # Families whose last layer has a [CLS]-only form (leantune/speed/clsonly.py) and whose head reads [CLS] alone.
-CLS_ONLY = {"bert", "roberta", "xlm-roberta", "electra", "distilbert", "mpnet"}
+CLS_ONLY = {"bert", "roberta", "xlm-roberta", "electra", "distilbert", "mpnet", "modernbert-cls"}
 
 
 @pytest.mark.parametrize("family", SAVED)

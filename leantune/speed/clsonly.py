@@ -46,7 +46,8 @@ class Form(NamedTuple):
 
     layers: str  # path from the base model to the ModuleList of layers
     parts: tuple[str, ...]
-    forward: Callable[..., torch.Tensor]
+    forward: Callable[..., Any]
+    linears: tuple[str, ...]  # the projections whose weights the forward reads directly: plain nn.Linear only
 
 
 def _attention_parts(attn: nn.Module, q: str, k: str, v: str, heads: str) -> tuple[nn.Linear, nn.Linear, nn.Linear, int]:
@@ -84,14 +85,56 @@ def _forward_mpnet(layer: nn.Module, hidden: torch.Tensor, mask: torch.Tensor | 
     return (layer.output(layer.intermediate(attention_output), attention_output),)  # MPNetLayer returns a tuple
 
 
+def _forward_modernbert(layer: nn.Module, hidden: torch.Tensor, mask: torch.Tensor | None, *args: Any,
+                        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+                        **kwargs: Any) -> torch.Tensor:
+    """ModernBERT's encoder layer (pre-norm, fused Wqkv, rotary positions, GLU MLP) for position 0.
+
+    Rotary positions turn each key by its own position, so keys cannot be folded into the query: keys and
+    values are projected for every position, the query, attention row, output projection and MLP for
+    position 0 alone."""
+    from transformers.models.modernbert.modeling_modernbert import apply_rotary_pos_emb
+
+    from leantune.speed.fastpath import ATTN_NAME
+    from leantune.speed.fastpath import dropout as fast_dropout
+
+    attn, (batch, length, width) = layer.attn, hidden.shape
+    heads, head = attn.config.num_attention_heads, attn.head_dim
+    x = layer.attn_norm(hidden)
+    weight = attn.Wqkv.weight.view(3, heads * head, width)
+    bias = None if attn.Wqkv.bias is None else attn.Wqkv.bias.view(3, heads * head)
+    query = nn.functional.linear(x[:, :1], weight[0], None if bias is None else bias[0])
+    kv = nn.functional.linear(x, weight[1:].reshape(2 * heads * head, width), None if bias is None else bias[1:].reshape(-1))
+    key, value = kv.view(batch, length, 2, heads, head).permute(2, 0, 3, 1, 4)  # (batch, heads, length, head) each
+    query = query.view(batch, 1, heads, head).transpose(1, 2)
+    cos, sin = position_embeddings
+    query, _ = apply_rotary_pos_emb(query, query, cos[:, :1], sin[:, :1])
+    key, _ = apply_rotary_pos_emb(key, key, cos, sin)
+    scores = torch.matmul(query, key.transpose(-1, -2)) * head**-0.5  # (batch, heads, 1, length)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min) if mask.dtype == torch.bool else scores + mask
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
+    if attn.training and attn.attention_dropout > 0:
+        use_fast = attn.config._attn_implementation == ATTN_NAME  # fast_training is on: its dropout stream
+        p = attn.attention_dropout
+        probs = fast_dropout(probs, p) if use_fast else nn.functional.dropout(probs, p, training=True)
+    context = torch.matmul(probs, value).transpose(1, 2).reshape(batch, 1, heads * head)
+    out = hidden[:, :1] + attn.out_drop(attn.Wo(context))
+    return out + layer.mlp(layer.mlp_norm(out))
+
+
 FORMS = (
     Form("encoder.layer", ("attention.self.query", "attention.self.key", "attention.self.value",
-                           "attention.self.dropout", "attention.output", "intermediate", "output"), _forward_bert),
+                           "attention.self.dropout", "attention.output", "intermediate", "output"), _forward_bert,
+         ("attention.self.query", "attention.self.key", "attention.self.value")),
     Form("transformer.layer", ("attention.q_lin", "attention.k_lin", "attention.v_lin", "attention.out_lin",
-                               "attention.dropout", "sa_layer_norm", "ffn", "output_layer_norm"), _forward_distilbert),
+                               "attention.dropout", "sa_layer_norm", "ffn", "output_layer_norm"), _forward_distilbert,
+         ("attention.q_lin", "attention.k_lin", "attention.v_lin")),
     Form("encoder.layer", ("attention.attn.q", "attention.attn.k", "attention.attn.v", "attention.attn.o",
                            "attention.attn.dropout", "attention.LayerNorm", "attention.dropout", "intermediate",
-                           "output"), _forward_mpnet),
+                           "output"), _forward_mpnet, ("attention.attn.q", "attention.attn.k", "attention.attn.v")),
+    Form("layers", ("attn.Wqkv", "attn.Wo", "attn.out_drop", "attn_norm", "mlp_norm", "mlp"), _forward_modernbert,
+         ("attn.Wqkv",)),
 )
 
 
@@ -161,7 +204,7 @@ def _structure_problem(model: nn.Module) -> str | None:
     forward = layer.__dict__.get("forward")
     if forward is not None and not _ours(forward):
         return "the last layer's forward is replaced by other code (another library's hooks or wrapper)"
-    projections = [layer.get_submodule(p) for p in form.parts[:3]]
+    projections = [layer.get_submodule(p) for p in form.linears]
     if not all(_plain_linear(m) for m in projections):
         return "the last layer's query/key/value are not plain nn.Linear (an adapter, hook or parametrization)"
     return None
