@@ -76,8 +76,8 @@ class TrainingArguments:
                                          "otherwise; see leantune/speed/compact.py).")
     cls_only_last_layer: bool = arg(True, "Compute the last encoder layer for [CLS] alone, its keys and values folded "
                                           "into [CLS]'s query and context, where probes prove the head reads position 0 "
-                                          "alone (BERT, RoBERTa, XLM-R, ELECTRA, DistilBERT layers; same logits to "
-                                          "rounding; see leantune/speed/clsonly.py).")
+                                          "alone (BERT, RoBERTa, XLM-R, ELECTRA, DistilBERT, MPNet, ModernBERT layers; "
+                                          "same logits to rounding; see leantune/speed/clsonly.py).")
     dataloader_num_workers: int = arg(0, "Worker processes for loading batches (0: in the main process).")
     ddp_timeout: int = arg(1800, "Seconds the processes of a distributed run wait for each other (joining the "
                                  "group, collectives) before giving up with an error.")

@@ -15,8 +15,8 @@ rounding (a matrix multiply over fewer rows may sum in another order); dropout d
 elements, so its random stream differs, not its distribution.
 
 It is switched on by proof, not by the model's class name (`why_not`): the last layer must have one of
-the known structures (BERT's, DistilBERT's, MPNet's) with eager or SDPA attention, plain nn.Linear
-query/key/value (no adapter, hook or parametrization the fold would bypass) and no decoder settings, and
+the known structures (BERT's, DistilBERT's, MPNet's, ModernBERT's) with eager or SDPA attention, plain
+nn.Linear projections (no adapter, hook or parametrization the fold would bypass) and no decoder settings, and
 two probes on a small batch, in eval mode, must hold: moving every position but 0 of the last layer's
 output leaves the logits as they are (the head reads position 0 alone: a pooler replaced by mean pooling
 fails here), and the [CLS]-only layer gives the full layer's logits and every parameter's gradient (a
