@@ -12,5 +12,5 @@ one line of the answers, keeps them (`Trainer.speed`) and the CLI writes them in
   kernels.py     the small C kernels those use, compiled on first use, checked against numpy, cached
   cudagraph.py   training steps replayed from CUDA graphs (one GPU)
   mkl.py, malloc.py, process.py   the process-wide settings, made only by `tune_process()` when asked
-  levers.py      the interface and the training levers behind it
+  levers.py      the interface and the training levers behind it; decision.py: a Decision and its one-line form
 """

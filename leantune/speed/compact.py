@@ -209,14 +209,17 @@ def compaction_problem(model: nn.Module, args: Any, device: torch.device) -> str
 
 @contextlib.contextmanager
 def compact_embeddings(model: nn.Module, train_dataset: Any, args: Any, device: torch.device,
-                       extra_ids: Iterable[int | None] = ()) -> Iterator[CompactEmbedding | None]:
+                       extra_ids: Iterable[int | None] = (),
+                       rows: torch.Tensor | None = None) -> Iterator[CompactEmbedding | None]:
     """Train only the used rows of `model`'s input embedding inside the block (see the module docstring);
-    yields the `CompactEmbedding`, or None when compaction does not apply (the model is left alone)."""
+    yields the `CompactEmbedding`, or None when compaction does not apply (the model is left alone).
+    `rows`: `rows_to_train(model, train_dataset, extra_ids)` when the caller has it already (one pass over
+    the training set instead of two)."""
     if compaction_problem(model, args, device) is not None:
         yield None
         return
     original = model.get_input_embeddings()
-    rows = rows_to_train(model, train_dataset, extra_ids)
+    rows = rows_to_train(model, train_dataset, extra_ids) if rows is None else rows
     if rows is None:
         yield None
         return

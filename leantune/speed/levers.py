@@ -13,27 +13,19 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
+import torch
 from torch import nn
 
 from leantune.speed import kernels
 from leantune.speed.clsonly import cls_only_last_layer, why_not
 from leantune.speed.compact import compact_embeddings, compaction_problem, rows_to_train
 from leantune.speed.cudagraph import can_use_cuda_graphs
+from leantune.speed.decision import Decision, summary
 from leantune.speed.fastpath import fast_training
 
-
-@dataclass(frozen=True)
-class Decision:
-    """Whether a lever runs, and why (or why not)."""
-
-    applied: bool
-    reason: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"applied": self.applied, "reason": self.reason}
+__all__ = ["Decision", "Lever", "decide", "enter_levers", "summary", "training_levers"]
 
 
 class Lever(Protocol):
@@ -55,6 +47,7 @@ class CompactEmbeddings:
 
     def __init__(self, train_dataset: Any, device: Any, extra_ids: Iterable[int | None] = ()) -> None:
         self.dataset, self.device, self.extra_ids = train_dataset, device, list(extra_ids)
+        self.rows: torch.Tensor | None = None  # found by applies(), trained by enter()
 
     def applies(self, model: nn.Module, args: Any) -> Decision:
         if not args.compact_embeddings:
@@ -63,14 +56,14 @@ class CompactEmbeddings:
         if problem:
             return Decision(False, problem)
         vocab = model.get_input_embeddings().num_embeddings
-        rows = rows_to_train(model, self.dataset, self.extra_ids)  # the same rows enter() trains
+        self.rows = rows = rows_to_train(model, self.dataset, self.extra_ids)
         if rows is None:
             return Decision(False, "the training set has no input_ids")
         return Decision(True, f"trains the {len(rows):,} of {vocab:,} embedding rows the training set and padding "
                               "use (weight decay 0: the others never move)")
 
     def enter(self, model: nn.Module, args: Any) -> contextlib.AbstractContextManager:
-        return compact_embeddings(model, self.dataset, args, self.device, self.extra_ids)
+        return compact_embeddings(model, self.dataset, args, self.device, self.extra_ids, rows=self.rows)
 
 
 class ClsOnlyLastLayer:
@@ -176,11 +169,6 @@ def training_levers(train_dataset: Any, accelerator: Any, pad_ids: Iterable[int 
 
 def decide(levers: Sequence[Lever], model: nn.Module, args: Any) -> dict[str, Decision]:
     return {lever.name: lever.applies(model, args) for lever in levers}
-
-
-def summary(decisions: dict[str, Decision]) -> str:
-    """One line: each lever on or off, and why."""
-    return "; ".join(f"{name} {'on' if d.applied else 'off'} ({d.reason})" for name, d in decisions.items())
 
 
 @contextlib.contextmanager

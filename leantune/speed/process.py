@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import logging
 
+from leantune.speed.decision import Decision, summary
 from leantune.speed.malloc import retain_freed_memory
 from leantune.speed.mkl import prefer_cpu_features
 
 log = logging.getLogger("leantune")
-_done: dict[str, dict[str, object]] = {}  # what tune_process() did in this process, by setting
+_done: dict[str, Decision] = {}  # what tune_process() did in this process, by setting
+_NEVER = Decision(False, "tune_process() was not called in this process")
 
 
 def tune_process(mkl: bool = True, malloc: bool = True) -> dict[str, dict[str, object]]:
@@ -30,22 +32,18 @@ def tune_process(mkl: bool = True, malloc: bool = True) -> dict[str, dict[str, o
     steps = {"mkl": (mkl, prefer_cpu_features), "malloc": (malloc, retain_freed_memory)}
     for name, (wanted, apply) in steps.items():
         if not wanted:
-            _done.setdefault(name, {"applied": False, "reason": "not asked for"})
-            continue
-        if _done.get(name, {}).get("applied"):
-            continue  # once is enough: a second call would find MKL's path already chosen
-        applied, reason = apply()
-        _done[name] = {"applied": applied, "reason": reason}
+            _done.setdefault(name, Decision(False, "not asked for"))
+        elif not _done.get(name, _NEVER).applied:  # once is enough: a second call would find MKL's path chosen
+            _done[name] = Decision(*apply())
     log.info(f"process tuning: {process_line()}")
-    return {k: dict(v) for k, v in _done.items()}
+    return {k: d.as_dict() for k, d in _done.items()}
 
 
 def process_tuning() -> dict[str, dict[str, object]]:
     """What tune_process() did in this process so far (both settings off when it was never called)."""
-    never = {"applied": False, "reason": "tune_process() was not called in this process"}
-    return {name: dict(_done.get(name, never)) for name in ("mkl", "malloc")}
+    return {name: _done.get(name, _NEVER).as_dict() for name in ("mkl", "malloc")}
 
 
 def process_line() -> str:
     """process_tuning() in one line: each setting on or off, and why."""
-    return "; ".join(f"{k} {'on' if v['applied'] else 'off'} ({v['reason']})" for k, v in process_tuning().items())
+    return summary({name: _done.get(name, _NEVER) for name in ("mkl", "malloc")})
