@@ -52,11 +52,7 @@ class DataCollatorWithPadding:
         for key in _TOKEN_KEYS:
             if key == "attention_mask" or key in first:
                 batch[key] = self._pad(features, key, lengths, width)
-        for key, out_key in _ROW_KEYS.items():
-            if key in first and first[key] is not None:
-                values = [f[key] for f in features]
-                is_float = any(isinstance(v, float) for v in values)
-                batch[out_key] = torch.tensor(values, dtype=torch.float32 if is_float else torch.long)
+        batch.update(row_values(features))
         return batch
 
     def _pad(self, features: Sequence[dict[str, Any]], key: str, lengths: list[int], width: int) -> torch.Tensor:
@@ -69,6 +65,18 @@ class DataCollatorWithPadding:
             else:
                 out[i, :n] = row
         return out
+
+
+def row_values(features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """The per-row values of a batch as tensors: `labels` (long ids, or float for regression) and `_pos`."""
+    batch: dict[str, torch.Tensor] = {}
+    first = features[0]
+    for key, out_key in _ROW_KEYS.items():
+        if key in first and first[key] is not None:
+            values = [f[key] for f in features]
+            is_float = any(isinstance(v, float) for v in values)
+            batch[out_key] = torch.tensor(values, dtype=torch.float32 if is_float else torch.long)
+    return batch
 
 
 class LengthGroupedBatchSampler:

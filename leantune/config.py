@@ -61,8 +61,14 @@ class TrainingArguments:
     use_cpu: bool = arg(False, "Run on the CPU even when a GPU is there (the HF Trainer's use_cpu).")
     fp16: bool = arg(False, "fp16 mixed precision (GPU only).")
     bf16: bool = arg(False, "bf16 mixed precision (GPUs with bf16; CPUs with AVX512-BF16 or AMX).")
-    group_by_length: bool = arg(True, "Batch examples of similar length together (random batches, little "
-                                      "padding). Changes the data order versus plain shuffling.")
+    group_by_length: bool = arg(False, "Batch examples of similar length together (opt-in). Not plain shuffling's "
+                                       "random batches: the gradients, and so the results, differ (see "
+                                       "BENCHMARKS.md for the measured effect on dev scores).")
+    packed_batches: bool = arg(True, "Lay each batch's sequences end to end in one row without padding, attention "
+                                     "kept within each sequence (the batches plain shuffling draws; same logits and "
+                                     "gradients to rounding, proven by a probe per model; models that compute "
+                                     "attention in their own code, MPNet and DeBERTa-v2, get padded batches; see "
+                                     "leantune/speed/packing.py).")
     pad_to_multiple_of: int = arg(0, "Pad each batch's length up to a multiple of this (0: no rounding).")
     torch_compile: bool = arg(False, "Compile the model with torch.compile.")
     fast_dropout: bool = arg(True, "On CPU, draw dropout masks from a fast generator (same Bernoulli(p), another "

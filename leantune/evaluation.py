@@ -19,6 +19,7 @@ from leantune.distributed import eval_batches, gather_outputs
 from leantune.errors import LeantuneError
 from leantune.metrics import EvalPrediction
 from leantune.speed.clsonly import cls_only_last_layer
+from leantune.speed.packing import PACKED_KEYS
 
 
 class PredictionOutput(NamedTuple):
@@ -49,8 +50,8 @@ class EvaluationLoop:
         if not labelled and "label" in ds.column_names:
             ds = ds.remove_columns("label")
         bs = args.per_device_eval_batch_size
-        batches = sorted_batches(lengths_of(ds), bs) if args.group_by_length else \
-            [list(range(i, min(i + bs, len(ds)))) for i in range(0, len(ds), bs)]
+        # longest first, so each batch pads little; the order is restored after (the maths is the same)
+        batches = sorted_batches(lengths_of(ds), bs)
         mine = eval_batches(batches, acc.process_index, acc.num_processes)  # each example on one process
         loader = DataLoader(WithPositions(ds), batch_sampler=mine, collate_fn=self.data_collator)
         model = acc.unwrap_model(model)  # no DDP wrapper: processes run different numbers of batches
@@ -103,5 +104,6 @@ class EvaluationLoop:
 
     def _model_inputs(self, batch: dict[str, torch.Tensor], with_labels: bool = True) -> dict[str, torch.Tensor]:
         device = self.accelerator.device
-        return {k: v.to(device, non_blocking=True) for k, v in batch.items()
-                if k in self._forward_args and (with_labels or k != "labels")}
+        # a packed batch's sequence boundaries go to the attention function through the model's **kwargs
+        return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()
+                if (k in self._forward_args or k in PACKED_KEYS) and (with_labels or k != "labels")}

@@ -23,6 +23,11 @@ class TrainStats:
     def add(self, loss: torch.Tensor, batch: dict[str, torch.Tensor]) -> None:
         self.loss_sum += loss
         self.micro += 1
+        if batch.get("cu_seq_lens_q") is not None:  # packed (speed/packing.py): one row, no padding
+            self.samples += len(batch["cu_seq_lens_q"]) - 1
+            self.padded_tokens += batch["input_ids"].numel()
+            self.real_tokens += batch["input_ids"].numel()
+            return
         self.samples += batch["input_ids"].shape[0]
         self.padded_tokens += batch["input_ids"].numel()
         if "attention_mask" in batch:

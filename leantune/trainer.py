@@ -6,8 +6,8 @@
     trainer.train()
     preds = trainer.predict(tok["test"]).predictions
 
-Speed comes from what it does not do: batches of similar length (little padding), the fused AdamW
-kernel, no host sync per step (losses stay on the device until a log line needs them), evaluation in
+Speed comes from what it does not do: no padding (each batch's sequences packed into one row, see
+leantune/speed/packing.py), the fused AdamW kernel, no host sync per step (losses stay on the device until a log line needs them), evaluation in
 length-sorted batches with the order restored afterwards.
 """
 
@@ -61,6 +61,7 @@ from leantune.optim import build_optimizer, build_scheduler, check_precision, cl
 from leantune.runlog import RunLog
 from leantune.speed.cudagraph import BUCKET, GraphedStep, can_use_cuda_graphs
 from leantune.speed.levers import Decision, decide, enter_levers, summary, training_levers
+from leantune.speed.packing import PackedCollator, position_offset
 from leantune.speed.process import process_line, process_tuning
 from leantune.stats import TrainStats
 
@@ -108,6 +109,7 @@ class Trainer(EvaluationLoop):
         self._graphs = can_use_cuda_graphs(self.args.cuda_graphs, self.accelerator, self.args.torch_compile)
         # CUDA graphs want few distinct shapes: batch lengths in steps of GraphedStep's bucket
         bucket = BUCKET if self._graphs else None
+        self._own_collator = data_collator is None  # then training batches may be packed (speed/packing.py)
         self.data_collator = data_collator or DataCollatorWithPadding(
             self.processing_class, pad_token_id=None if self.processing_class else self._pad_id,
             pad_to_multiple_of=self.args.pad_to_multiple_of or bucket)
@@ -131,7 +133,8 @@ class Trainer(EvaluationLoop):
             raise LeantuneError("Trainer.train() needs a train_dataset")
         # Each lever is asked whether it applies to this model and these arguments (leantune/speed/levers.py);
         # those that do are switched on for the run and the model is given back as it was.
-        levers = training_levers(self.train_dataset, self.accelerator, [getattr(self.data_collator, "pad_token_id", None)])
+        levers = training_levers(self.train_dataset, self.accelerator, [getattr(self.data_collator, "pad_token_id", None)],
+                                 own_collator=self._own_collator)
         self.speed = decide(levers, self.model, self.args)
         self.log.info(f"speed levers: {summary(self.speed)}; process: {process_line()}")
         with enter_levers(levers, self.speed, self.model, self.args):
@@ -259,7 +262,9 @@ class Trainer(EvaluationLoop):
         bs = args.per_device_train_batch_size
         # A private generator: the DataLoader then draws nothing from torch's global one, whose state (the
         # dropout masks) checkpoints restore at step boundaries.
-        common = {"collate_fn": self.data_collator, "num_workers": args.dataloader_num_workers,
+        packed = self.speed.get("packed_batches")
+        collate = PackedCollator(position_offset(self.model)) if packed and packed.applied else self.data_collator
+        common = {"collate_fn": collate, "num_workers": args.dataloader_num_workers,
                   "generator": torch.Generator().manual_seed(args.seed)}
         # Every process draws the same global batches and takes its own slice of each (distributed.py).
         world = self.accelerator.num_processes

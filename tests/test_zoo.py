@@ -3,7 +3,8 @@
 Each family is a 2-layer, 32-wide sequence classifier built from its config, with MiniLM's WordPiece
 tokenizer and every dropout at 0, so that training is deterministic. For each one:
 
-* the speed levers (compact embeddings, [CLS]-only last layer, fast dropout/GELU) are the same maths:
+* the speed levers (compact embeddings, [CLS]-only last layer, fast dropout/GELU, packed batches) are the
+  same maths:
   training with all of them on and with all of them off ends in the same weights, to rounding;
 * train -> evaluate -> predict through the CLI works, and the saved model reloads with transformers
   and gives the probabilities predict wrote.
@@ -43,7 +44,10 @@ SAVED = ["bert", "roberta", "xlm-roberta", "electra", "albert", "distilbert", "d
 # bert-meanpool: BERT with a mean-pooling pooler, rebuilt on top of the saved "bert" (custom modules are not saved).
 FAMILIES = [*SAVED, "bert-meanpool"]
 
-SPEED_OFF = {"compact_embeddings": False, "cls_only_last_layer": False, "fast_dropout": False}
+# MPNet and DeBERTa-v2 compute attention in their own code; mean pooling reads more than [CLS]
+NOT_PACKED = {"mpnet", "deberta-v2", "modernbert-mean", "bert-meanpool"}
+SPEED_OFF = {"compact_embeddings": False, "cls_only_last_layer": False, "fast_dropout": False,
+             "packed_batches": False}
 
 
 def _config(family: str, tok: Any) -> Any:
@@ -152,13 +156,16 @@ def zoo(tmp_path_factory: pytest.TempPathFactory, minilm_dir: str) -> Zoo:
     return Zoo(tmp_path_factory.mktemp("zoo"), minilm_dir)
 
 
-def _train(zoo: Zoo, family: str, out: Path, **overrides: Any) -> dict[str, torch.Tensor]:
-    """STEPS optimizer steps from the family's initial weights; the final parameters by name."""
+def _train(zoo: Zoo, family: str, out: Path, decisions: dict | None = None, **overrides: Any) -> dict[str, torch.Tensor]:
+    """STEPS optimizer steps from the family's initial weights; the final parameters by name (the levers'
+    decisions into `decisions`)."""
     args = TrainingArguments(str(out), max_steps=STEPS, use_cpu=True, disable_tqdm=True, seed=0,
                              per_device_train_batch_size=4, eval_strategy="no", save_strategy="no", **overrides)
     trainer = Trainer(zoo.load(family), args, train_dataset=zoo.train_data(family),
                       processing_class=zoo.tokenizer(family))
     trainer.train()
+    if decisions is not None:
+        decisions.update({name: d.applied for name, d in trainer.speed.items()})
     return {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
 
 
@@ -176,10 +183,14 @@ def _moved(trained: dict[str, torch.Tensor], initial: PreTrainedModel) -> float:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_speed_levers_train_the_same_weights(zoo: Zoo, family: str, tmp_path: Path) -> None:
-    # group_by_length and the optimizer stay at their defaults in both runs: they change the data order and
-    # the AdamW kernel, not whether the levers below are exact (the optimizer's clip fold is tested below).
-    on = _train(zoo, family, tmp_path / "on")
+    # the optimizer stays at its default in both runs: the clip fold into it is tested below.
+    decisions: dict[str, bool] = {}
+    on = _train(zoo, family, tmp_path / "on", decisions)
     off = _train(zoo, family, tmp_path / "off", **SPEED_OFF)
+    # packed batches (one row, no padding) against padded ones: every family whose attention goes through
+    # transformers' attention interface, with a head that reads [CLS]
+    assert decisions["packed_batches"] == (family not in NOT_PACKED)
+    assert decisions["group_by_length"] is False  # the default: plain shuffling in both runs
     assert _moved(on, zoo.load(family)) > 10 * TOLERANCE  # the runs trained: equal weights mean something
     diff, where = _max_diff(on, off)
     print(f"{family}: levers on vs off, max |diff| {diff:.3g} ({where})")

@@ -27,6 +27,7 @@ transformers' own SDPA function.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from collections.abc import Iterator
 from typing import Any
 
@@ -35,6 +36,7 @@ import torch
 from torch import nn
 
 from leantune.speed import kernels
+from leantune.speed.packing import packed_attention
 
 ATTN_NAME = "leantune_sdpa"
 
@@ -159,13 +161,31 @@ def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return _last_mask[1]
 
 
+# ids of the modules of models inside fast_training: their attention draws the fast dropout masks
+_fast_modules: contextvars.ContextVar[frozenset[int]] = contextvars.ContextVar("leantune_fast", default=frozenset())
+
+
+def fast_dropout_on(module: nn.Module) -> bool:
+    """Whether `module` belongs to a model inside `fast_training` (its attention dropout is then ours)."""
+    return id(module) in _fast_modules.get()
+
+
 def attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
               attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
               **kwargs: Any) -> tuple[torch.Tensor, None]:
-    """transformers' attention-function signature; (batch, heads, seq, dim) in, (batch, seq, heads, dim) out."""
+    """transformers' attention-function signature; (batch, heads, seq, dim) in, (batch, seq, heads, dim) out.
+    A packed call (FlashAttention's varlen arguments) attends within each sequence (packing.py)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    if dropout == 0.0 or not module.training or kwargs.get("is_causal") or query.device.type != "cpu":
+    fast = fast_dropout_on(module) and query.device.type == "cpu"
+    if kwargs.get("cu_seq_lens_q") is not None:
+        drop = None
+        if module.training and dropout > 0.0:
+            drop = (lambda x: _Dropout.apply(x, dropout)) if fast else (
+                lambda x: nn.functional.dropout(x, dropout, training=True))
+        return packed_attention(query, key, value, attention_mask, scaling, kwargs["cu_seq_lens_q"],
+                                kwargs["max_length_q"], drop), None
+    if dropout == 0.0 or not module.training or kwargs.get("is_causal") or not fast:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, **kwargs)
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
@@ -187,12 +207,39 @@ def _register() -> None:
     AttentionMaskInterface.register(ATTN_NAME, sdpa_mask)  # masks exactly as for "sdpa"
 
 
+def _set_attention(model: nn.Module, old: str, new: str) -> None:
+    for sub in model.modules():  # the model's and the sub-configs some models keep
+        config = getattr(sub, "config", None)
+        if config is not None and getattr(config, "_attn_implementation", None) == old:
+            config._attn_implementation = new
+
+
+@contextlib.contextmanager
+def our_attention(model: nn.Module) -> Iterator[bool]:
+    """Route an SDPA model's attention through `attention` above while inside (yields whether it is)."""
+    config = getattr(model, "config", None)
+    attn = getattr(config, "_attn_implementation", None)
+    if attn == ATTN_NAME:  # an enclosing block did it
+        yield True
+        return
+    if attn != "sdpa" or not getattr(model, "_can_set_attn_implementation", lambda: False)():
+        yield False
+        return
+    _register()
+    _set_attention(model, "sdpa", ATTN_NAME)
+    try:
+        yield True
+    finally:
+        _set_attention(model, ATTN_NAME, "sdpa")
+
+
 @contextlib.contextmanager
 def fast_training(model: nn.Module, enabled: bool = True) -> Iterator[nn.Module]:
     """Swap in the fast dropout and GELU (and attention, for models that dispatch by name) while training."""
     if not enabled:
         yield model
         return
+    token = _fast_modules.set(_fast_modules.get() | {id(m) for m in model.modules()})
     swapped: list[tuple[nn.Module, str, nn.Module]] = []
     for parent in model.modules():
         for name, child in list(parent.named_children()):
@@ -205,26 +252,13 @@ def fast_training(model: nn.Module, enabled: bool = True) -> Iterator[nn.Module]
             fast.train(child.training)
             setattr(parent, name, fast)
             swapped.append((parent, name, child))
-    config = getattr(model, "config", None)
-    old_attn = getattr(config, "_attn_implementation", None)
-    use_attn = old_attn == "sdpa" and getattr(model, "_can_set_attn_implementation", lambda: False)()
-    if use_attn:
-        _register()
-        config._attn_implementation = ATTN_NAME
-        for sub in model.modules():  # sub-configs (some models keep their own)
-            sub_config = getattr(sub, "config", None)
-            if sub_config is not None and getattr(sub_config, "_attn_implementation", None) == "sdpa":
-                sub_config._attn_implementation = ATTN_NAME
     try:
-        yield model
+        with our_attention(model):
+            yield model
     finally:
         global _last_mask
         _last_mask = None  # the last forward's mask must not outlive the run
+        _fast_modules.reset(token)
         for parent, name, original in swapped:
             original.train(getattr(parent, name).training)
             setattr(parent, name, original)
-        if use_attn:
-            for sub in model.modules():
-                sub_config = getattr(sub, "config", None)
-                if sub_config is not None and getattr(sub_config, "_attn_implementation", None) == ATTN_NAME:
-                    sub_config._attn_implementation = old_attn

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from leantune.speed import kernels
+from leantune.speed import kernels, packing
 from leantune.speed.clsonly import cls_only_last_layer, why_not
 from leantune.speed.compact import compact_embeddings, compaction_problem, rows_to_train
 from leantune.speed.cudagraph import can_use_cuda_graphs
@@ -130,14 +130,39 @@ class FoldedClip:
         return contextlib.nullcontext()
 
 
+class PackedBatches:
+    name = "packed_batches"
+
+    def __init__(self, accelerator: Any, own_collator: bool) -> None:
+        self.accelerator, self.own_collator = accelerator, own_collator
+        self.cls_only = False  # whether the proof covered the [CLS]-only layer too (set by applies)
+
+    def applies(self, model: nn.Module, args: Any) -> Decision:
+        if not args.packed_batches:
+            return _off(self.name)
+        if not self.own_collator:
+            return Decision(False, "a data_collator was given: its batches are used as they are")
+        if can_use_cuda_graphs(args.cuda_graphs, self.accelerator, args.torch_compile):
+            return Decision(False, "CUDA graphs replay fixed batch shapes: padded batches (--no-cuda-graphs to pack)")
+        self.cls_only = bool(args.cls_only_last_layer) and why_not(model) is None
+        problem = packing.why_not(model, self.cls_only)
+        if problem:
+            return Decision(False, f"{problem}: padded batches")
+        return Decision(True, "each batch's sequences in one row without padding, attention within each sequence; "
+                              "probed: the padded batch's logits and gradients")
+
+    def enter(self, model: nn.Module, args: Any) -> contextlib.AbstractContextManager:
+        return packing.packed_batches(model, cls_only=self.cls_only)
+
+
 class GroupByLength:
     name = "group_by_length"
 
     def applies(self, model: nn.Module, args: Any) -> Decision:
         if not args.group_by_length:
-            return Decision(False, "plain shuffling (--no-group-by-length)")
-        return Decision(True, "batches of similar length, little padding; changes the data order versus plain "
-                              "shuffling, so results differ as between seeds")
+            return Decision(False, "plain shuffling (--group-by-length to group)")
+        return Decision(True, "batches of similar length (--group-by-length): not random samples, so the "
+                              "gradients differ from plain shuffling's (see BENCHMARKS.md)")
 
     def enter(self, model: nn.Module, args: Any) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()  # the Trainer's sampler reads the argument
@@ -160,11 +185,13 @@ class CudaGraphs:
         return contextlib.nullcontext()  # the Trainer builds its GraphedStep when this applies
 
 
-def training_levers(train_dataset: Any, accelerator: Any, pad_ids: Iterable[int | None]) -> list[Lever]:
-    """Every training lever, in the order they are entered (compaction first: the optimizer is built inside)."""
+def training_levers(train_dataset: Any, accelerator: Any, pad_ids: Iterable[int | None],
+                    own_collator: bool = True) -> list[Lever]:
+    """Every training lever, in the order they are entered (compaction first: the optimizer is built inside).
+    `own_collator`: the Trainer makes the batches (no data_collator was given), so it may pack them."""
     device = accelerator.device
     return [CompactEmbeddings(train_dataset, device, pad_ids), ClsOnlyLastLayer(), FastDropout(device),
-            FoldedClip(accelerator), GroupByLength(), CudaGraphs(accelerator)]
+            FoldedClip(accelerator), PackedBatches(accelerator, own_collator), GroupByLength(), CudaGraphs(accelerator)]
 
 
 def decide(levers: Sequence[Lever], model: nn.Module, args: Any) -> dict[str, Decision]:

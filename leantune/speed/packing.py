@@ -1,0 +1,342 @@
+"""Padding-free packed batches: the batch plain shuffling draws, its sequences laid end to end.
+
+A padded batch of B sequences costs B x (longest) tokens in every linear layer, LayerNorm and
+feed-forward; most of an encoder's work. Packed, the same B sequences are one row of T = sum of their
+lengths tokens (`PackedCollator`): no padding anywhere but in attention. Position ids restart at every
+sequence (from the model's own first position: RoBERTa's count from pad + 1), and the sequence
+boundaries travel as FlashAttention's varlen arguments (`cu_seq_lens_q/k`, `max_length_q/k`), which
+transformers passes through the model to its attention function untouched.
+
+Attention is confined to each sequence: `packed_attention` scatters each sequence's queries, keys and values
+into a (B, heads, longest, dim) layout, runs attention there with the padded keys masked, and gathers the
+real rows back (the model's own mask over the packed row, e.g. ModernBERT's sliding window, is gathered
+into the same layout). So attention costs what it costs for the padded batch, and everything else costs T
+tokens. At the end of the encoder the packed row is cut back to one row per sequence (each sequence's
+[CLS], position 0 of its own row), so the head, the pooler and the loss see what they see for a padded
+batch, and give the same logits, loss and gradients to fp32 rounding.
+
+It is switched on by proof, not by class name (`why_not`): the model must send its attention through
+transformers' attention interface (our function is installed for the run and taken out after) with SDPA
+attention, its encoder's output must be findable (`encoder`, `transformer` or `final_norm`), and a probe on
+a small batch of unequal lengths, in eval mode, must give the padded batch's logits and every parameter's
+gradient. MPNet and DeBERTa-v2 compute attention in their own code, so they get padded batches, with a line.
+
+    with packed_batches(model):    # our attention function and the cut at the encoder's end, then restored
+        loss = model(**PackedCollator(position_offset(model))(rows)).loss
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+_DECISION = "_leantune_packing"  # attribute caching the probe's answer on the model
+_STACK_ENDS = ("encoder", "transformer", "final_norm")  # where a base model's sequence of hidden states ends
+PACKED_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
+
+
+# ----------------------------------------------------------------------------------------------- batches
+class PackedCollator:
+    """Rows of a tokenized dataset (lists of ids, unpadded) -> one packed row.
+
+    `input_ids`, `token_type_ids` (where present) and `position_ids` are (1, T); `labels` has one entry per
+    sequence; the boundaries are `cu_seq_lens_q/k` (int32, B + 1 offsets) and `max_length_q/k` (ints).
+    """
+
+    def __init__(self, position_offset: int = 0) -> None:
+        self.position_offset = position_offset
+
+    def __call__(self, features: Sequence[dict[str, Any]] | dict[str, list]) -> dict[str, Any]:
+        from leantune.collate import row_values
+
+        if isinstance(features, dict):  # a column dict, as `dataset[:8]` gives it
+            n = len(next(iter(features.values())))
+            features = [{k: v[i] for k, v in features.items()} for i in range(n)]
+        lengths = torch.tensor([len(f["input_ids"]) for f in features])
+        batch: dict[str, Any] = {"input_ids": _joined(features, "input_ids")}
+        if "token_type_ids" in features[0]:
+            batch["token_type_ids"] = _joined(features, "token_type_ids")
+        total = int(lengths.sum())
+        starts = torch.cumsum(lengths, 0) - lengths
+        batch["position_ids"] = (torch.arange(total) - starts.repeat_interleave(lengths) + self.position_offset)[None]
+        cu = torch.zeros(len(features) + 1, dtype=torch.int32)
+        cu[1:] = torch.cumsum(lengths, 0)
+        longest = int(lengths.max())
+        batch.update(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=longest, max_length_k=longest)
+        batch.update(row_values(features))
+        return batch
+
+
+def _joined(features: Sequence[dict[str, Any]], key: str) -> torch.Tensor:
+    return torch.tensor(list(itertools.chain.from_iterable(f[key] for f in features)), dtype=torch.long)[None]
+
+
+def is_packed(batch: dict[str, Any]) -> bool:
+    return batch.get("cu_seq_lens_q") is not None
+
+
+def num_sequences(batch: dict[str, Any]) -> int:
+    return len(batch["cu_seq_lens_q"]) - 1 if is_packed(batch) else batch["input_ids"].shape[0]
+
+
+def position_offset(model: nn.Module) -> int:
+    """The position id of a sequence's first token: RoBERTa-style embeddings (a padding row in the position
+    table) count from padding_idx + 1, the others from 0. The probe checks the answer."""
+    base = getattr(model, "base_model", model)
+    table = getattr(getattr(base, "embeddings", None), "position_embeddings", None)
+    pad = getattr(table, "padding_idx", None)
+    return 0 if pad is None else pad + 1
+
+
+# --------------------------------------------------------------------------------------------- attention
+class Layout(NamedTuple):
+    """Where each packed token sits in the (B, longest) layout, and which slots there are real."""
+
+    index: torch.Tensor  # (T,): sequence * longest + offset in the sequence
+    keep: torch.Tensor  # (B, 1, 1, longest) bool: a real token
+    starts: torch.Tensor  # (B,) each sequence's first token in the packed row
+    longest: int
+
+
+_last_layout: tuple[torch.Tensor, Layout] | None = None  # every layer of a forward gets the same offsets
+
+
+def layout(cu: torch.Tensor, longest: int, total: int) -> Layout:
+    """The layout of the offsets `cu` (computed on their device without a host sync; cached for the forward)."""
+    global _last_layout
+    if _last_layout is not None and _last_layout[0] is cu:
+        return _last_layout[1]
+    offsets = cu.long()
+    lengths, starts = offsets[1:] - offsets[:-1], offsets[:-1]
+    batch = len(lengths)
+    seq = torch.repeat_interleave(torch.arange(batch, device=cu.device), lengths, output_size=total)
+    index = seq * longest + torch.arange(total, device=cu.device) - starts[seq]
+    keep = (torch.arange(longest, device=cu.device)[None] < lengths[:, None]).view(batch, 1, 1, longest)
+    found = Layout(index, keep, starts, longest)
+    _last_layout = cu, found
+    return found
+
+
+def _to_layout(x: torch.Tensor, lay: Layout) -> torch.Tensor:
+    """(1, heads, T, dim) -> (B, heads, longest, dim), zeros in the padding slots."""
+    _, heads, _, dim = x.shape
+    batch = lay.keep.shape[0]
+    flat = x.new_zeros(heads, batch * lay.longest, dim).index_copy(1, lay.index, x[0])
+    return flat.view(heads, batch, lay.longest, dim).transpose(0, 1)
+
+
+def _mask_in_layout(mask: torch.Tensor, lay: Layout, total: int) -> torch.Tensor:
+    """The model's own (.., T, T) mask over the packed row, each sequence's block in the (B, 1, L, L) layout."""
+    slots = (lay.starts[:, None] + torch.arange(lay.longest, device=mask.device)[None]).clamp_(max=total - 1)
+    square = mask.reshape(mask.shape[-2], mask.shape[-1])
+    return square[slots[:, :, None], slots[:, None, :]].unsqueeze(1)
+
+
+def packed_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: torch.Tensor | None,
+                     scaling: float | None, cu: torch.Tensor, longest: int,
+                     dropout: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """Attention within each packed sequence: (1, heads, T, dim) in, (1, T, heads, dim) out (transformers'
+    attention-function layout). `dropout` (training) is applied to the attention probabilities."""
+    total = query.shape[-2]
+    lay = layout(cu, longest, total)
+    q, k, v = (_to_layout(x, lay) for x in (query, key, value))
+    mask: torch.Tensor = lay.keep
+    if attention_mask is not None:
+        own = _mask_in_layout(attention_mask, lay, total)
+        if own.dtype == torch.bool:
+            mask = own & lay.keep
+        else:  # additive: the padding keys get the most negative value too
+            mask = own.to(q.dtype).masked_fill(~lay.keep, torch.finfo(q.dtype).min)
+    scale = q.shape[-1] ** -0.5 if scaling is None else scaling
+    if dropout is None:
+        out = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    else:  # torch's CPU SDPA has no fused dropout either: the math path, with the caller's dropout
+        scores = torch.matmul(q, k.transpose(-2, -1)) * scale
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min) if mask.dtype == torch.bool else scores + mask
+        out = torch.matmul(dropout(torch.softmax(scores, dim=-1)), v)
+    heads, dim = out.shape[1], out.shape[3]
+    return out.transpose(1, 2).reshape(-1, heads, dim).index_select(0, lay.index).unsqueeze(0)
+
+
+def first_rows(cu: torch.Tensor | None, attention_mask: torch.Tensor | None,
+               total: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """For a layer that computes each sequence's first token alone ([CLS]-only): the rows of those tokens in the
+    packed row, and their (B, 1, 1, T) mask: their own sequence's tokens (and what the model's own mask allows).
+    None for a call that is not packed."""
+    if cu is None:
+        return None
+    offsets = cu.long()
+    starts, ends = offsets[:-1], offsets[1:]
+    tokens = torch.arange(total, device=cu.device)[None]
+    mask = (tokens >= starts[:, None]) & (tokens < ends[:, None])
+    if attention_mask is not None:
+        own = attention_mask.reshape(attention_mask.shape[-2], total)[starts]
+        if own.dtype == torch.bool:
+            mask = own & mask
+        else:
+            mask = own.masked_fill(~mask, torch.finfo(own.dtype).min)
+    return starts, mask.view(len(starts), 1, 1, total)
+
+
+# ------------------------------------------------------------------------------------ the model, packed
+def _stack_end(model: nn.Module) -> nn.Module | None:
+    """The module whose output is the encoder's last hidden states, one row per token."""
+    base = getattr(model, "base_model", model)
+    for name in _STACK_ENDS:
+        module = getattr(base, name, None)
+        if isinstance(module, nn.Module):
+            return module
+    return None
+
+
+def _cut(hidden: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
+    """(1, T, width) -> (B, 1, width): each sequence's first token as its own row. A (B, 1, width) input (the
+    [CLS]-only layer made it already) is returned as it is."""
+    if hidden.shape[0] != 1 or hidden.shape[1] == 1:
+        return hidden
+    return hidden[0, starts].unsqueeze(1)
+
+
+@contextlib.contextmanager
+def _cutting(model: nn.Module) -> Iterator[None]:
+    """While inside, a packed call's encoder output is cut to one row per sequence (the model's own modules
+    and code are not changed: two hooks, removed on exit)."""
+    end = _stack_end(model)
+    state: dict[str, torch.Tensor | None] = {"starts": None}
+
+    def note(_module: nn.Module, _args: Any, kwargs: dict[str, Any]) -> None:
+        cu = kwargs.get("cu_seq_lens_q")
+        state["starts"] = None if cu is None else cu[:-1].long()
+
+    def cut(_module: nn.Module, _args: Any, output: Any) -> Any:
+        starts = state["starts"]
+        if starts is None:
+            return output
+        if isinstance(output, torch.Tensor):
+            return _cut(output, starts)
+        if hasattr(output, "last_hidden_state"):  # a ModelOutput
+            output.last_hidden_state = _cut(output.last_hidden_state, starts)
+            return output
+        return (_cut(output[0], starts), *output[1:])
+
+    handles = [model.register_forward_pre_hook(note, with_kwargs=True), end.register_forward_hook(cut)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextlib.contextmanager
+def _packed_unchecked(model: nn.Module) -> Iterator[None]:
+    from leantune.speed.fastpath import our_attention
+
+    global _last_layout
+    try:
+        with our_attention(model), _cutting(model):
+            yield
+    finally:
+        _last_layout = None  # the last forward's offsets must not outlive the run
+
+
+@contextlib.contextmanager
+def packed_batches(model: nn.Module, enabled: bool = True, cls_only: bool = False) -> Iterator[bool]:
+    """Let `model` take packed batches while inside, where `why_not` proves them exact; yields whether it does.
+    `cls_only`: the [CLS]-only last layer will be on too (the proof then covers the two together)."""
+    if not enabled or why_not(model, cls_only) is not None:
+        yield False
+        return
+    with _packed_unchecked(model):
+        yield True
+
+
+# ----------------------------------------------------------------------------------------------- proof
+def _structure_problem(model: nn.Module) -> str | None:
+    config = getattr(model, "config", None)
+    if config is None:
+        return "the model has no config"
+    if getattr(config, "output_hidden_states", False) or getattr(config, "output_attentions", False):
+        return "the model is set to return hidden states or attentions (per token: packing changes their shape)"
+    if getattr(config, "is_decoder", False) or getattr(config, "add_cross_attention", False):
+        return "a decoder or cross-attention"
+    if not getattr(model, "_supports_attention_backend", False):
+        return (f"{type(model).__name__} computes attention in its own code, not through transformers' attention "
+                f"interface, so sequences cannot be kept apart in one row")
+    attn = getattr(config, "_attn_implementation", None)
+    if attn not in ("sdpa", "leantune_sdpa"):
+        return f"attention implementation {attn!r} (SDPA only)"
+    if _stack_end(model) is None:
+        return "no encoder output found to cut back to one row per sequence"
+    return None
+
+
+def why_not(model: nn.Module, cls_only: bool = False) -> str | None:
+    """Why `model` must not take packed batches (None: proven). The structure is checked at every call; the
+    probe runs once per model structure (eval mode, private generator), its answer kept on the model.
+    `cls_only`: prove it with the [CLS]-only last layer on (clsonly.py), as training will run it."""
+    from leantune.speed.clsonly import _fingerprint
+
+    problem = _structure_problem(model)
+    if problem:
+        return problem
+    key = _fingerprint(model), cls_only
+    cached = model.__dict__.get(_DECISION)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    try:
+        problem = _probe(model, cls_only)
+    except Exception as e:  # noqa: BLE001 -- any model the probe cannot run: not proven, so off
+        first = (str(e).splitlines() or [""])[0][:120]
+        problem = f"the probe could not run this model packed ({type(e).__name__}: {first})"
+    object.__setattr__(model, _DECISION, (key, problem))
+    return problem
+
+
+def _probe_rows(model: nn.Module) -> list[dict[str, list[int]]]:
+    """Three sequences of unequal lengths from a private generator, the second one with two segments."""
+    import inspect
+
+    g = torch.Generator().manual_seed(0)
+    vocab = model.get_input_embeddings().num_embeddings
+    types = "token_type_ids" in inspect.signature(model.forward).parameters
+    second = 1 if getattr(model.config, "type_vocab_size", 2) > 1 else 0  # RoBERTa has one segment
+    rows = []
+    for n in (7, 12, 4):
+        row = {"input_ids": torch.randint(min(5, vocab - 1), vocab, (n,), generator=g).tolist(), "label": 0}
+        if types:
+            row["token_type_ids"] = [0] * (n // 2) + [second if n > 10 else 0] * (n - n // 2)
+        rows.append(row)
+    return rows
+
+
+def _probe(model: nn.Module, cls_only: bool) -> str | None:
+    """The packed batch must give the padded batch's logits and every parameter's gradient."""
+    from leantune.collate import DataCollatorWithPadding
+    from leantune.speed.clsonly import _gradient_problem, _logits_and_grads, _patched, _probing
+
+    rows = _probe_rows(model)
+    device = next(model.parameters()).device
+    pad = getattr(model.config, "pad_token_id", None) or 0
+    padded = {k: v.to(device) for k, v in DataCollatorWithPadding(pad_token_id=pad)(rows).items() if k != "labels"}
+    packed = {k: v.to(device) if torch.is_tensor(v) else v
+              for k, v in PackedCollator(position_offset(model))(rows).items() if k != "labels"}
+    params = [p for p in model.parameters() if p.requires_grad]
+    with _probing(model):
+        with torch.no_grad():
+            full = model(**padded, return_dict=True).logits.float()
+        projection = torch.randn(full.shape, generator=torch.Generator().manual_seed(2)).to(full)
+        _, full_grads = _logits_and_grads(model, padded, projection, params)
+        with _packed_unchecked(model), _patched(model) if cls_only else contextlib.nullcontext():
+            logits, grads = _logits_and_grads(model, packed, projection, params)
+    scale = max(1.0, float(full.abs().max()))
+    if logits.shape != full.shape or not torch.allclose(logits, full, rtol=0, atol=1e-4 * scale):
+        off = float((logits - full).abs().max()) if logits.shape == full.shape else f"shape {tuple(logits.shape)}"
+        return f"packed batches did not give the padded batch's logits (off by {off})"
+    problem = _gradient_problem(model, params, full_grads, grads)
+    return problem and problem.replace("the [CLS]-only layer did not give the full layer's", "packed batches did not "
+                                       "give the padded batch's")
