@@ -45,9 +45,9 @@ from archs import ARCHS, matmul_shape
 from run_one import SYSTEMS
 
 # each of leantune's levers off in turn (`--ablation`): compact embeddings, [CLS]-only last layer, fast dropout,
-# the fused AdamW with the clip folded in, length grouping, MKL's CPU path, malloc's thresholds, no tuning at all
+# the fused AdamW with the clip folded in, packing (padded batches), length grouping instead, MKL's CPU path, malloc's thresholds, no tuning at all
 ABLATION = ("leantune", "leantune_nocompact", "leantune_nocls", "leantune_nofast", "leantune_foreach",
-            "leantune_nogroup", "leantune_nomkl", "leantune_nomalloc", "leantune_untuned")
+            "leantune_padded", "leantune_grouped", "leantune_nomkl", "leantune_nomalloc", "leantune_untuned")
 REFERENCES = ("hf", "hf_tuned", "leantune")  # ratio columns, each when that system ran (leantune: with variants)
 
 # dense bf16 tensor-core peaks from NVIDIA's datasheets (TFLOP/s, without sparsity), for MFU

@@ -13,11 +13,13 @@ start-up; here it is made first thing in main(), before any matrix multiply, and
   one lever off in turn (the ablation; each in a tune_process() process unless it says otherwise):
     leantune_nocompact (compact_embeddings=False), leantune_nocls (cls_only_last_layer=False),
     leantune_nofast (fast_dropout=False), leantune_foreach (optim="adamw_torch": the foreach AdamW, so no
-    clip folded into the fused one), leantune_nogroup (group_by_length=False),
+    clip folded into the fused one), leantune_padded (packed_batches=False),
     leantune_nomkl (tune_process(mkl=False)), leantune_nomalloc (tune_process(malloc=False)),
     leantune_untuned (no tune_process() at all)
   leantune_bf16   bf16 mixed precision (CPUs with AVX512-BF16 or AMX, or a GPU)
-  leantune_plain  length grouping and the fast dropout both off
+  leantune_grouped  length grouping (opt-in) with padded batches; leantune_padded  plain shuffling, padded batches
+  leantune_plain  padded batches and the fast dropout off
+  hf_defaults  the HF Trainer's defaults (random batches) in a tune_process() process: hf's maths, faster
   leantune_compile, leantune_nographs   torch_compile on (padded to multiples of 16); CUDA graphs off (GPU)
   hf_thp, leantune_thp   hf or leantune with THP_MEM_ALLOC_ENABLE=1 (set by bench_mrpc.py before the process starts)
 
@@ -45,19 +47,20 @@ import torch
 HERE = Path(__file__).resolve().parent
 
 # the process-level tuning of each system: tune_process()'s arguments, or None for a process as shipped
-TUNING = {"hf": None, "hf_thp": None, "hf_best": None, "hf_tuned": {},
+TUNING = {"hf": None, "hf_thp": None, "hf_best": None, "hf_tuned": {}, "hf_defaults": {},
           "leantune_untuned": None, "leantune_nomkl": {"mkl": False}, "leantune_nomalloc": {"malloc": False}}
 DEFAULT_TUNING = {}  # every other leantune system: tune_process() as the `leantune` command calls it
 
 # leantune's TrainingArguments for each variant (the part of the system's name after "leantune_")
 LEANTUNE_VARIANTS = {
     "": {}, "thp": {}, "untuned": {}, "nomkl": {}, "nomalloc": {},
-    "bf16": {"bf16": True}, "nogroup": {"group_by_length": False}, "nofast": {"fast_dropout": False},
-    "plain": {"group_by_length": False, "fast_dropout": False}, "nographs": {"cuda_graphs": False},
+    "bf16": {"bf16": True}, "grouped": {"group_by_length": True, "packed_batches": False},
+    "padded": {"packed_batches": False}, "nofast": {"fast_dropout": False},
+    "plain": {"packed_batches": False, "fast_dropout": False}, "nographs": {"cuda_graphs": False},
     "foreach": {"optim": "adamw_torch"}, "compile": {"torch_compile": True, "pad_to_multiple_of": 16},
     "nocompact": {"compact_embeddings": False}, "nocls": {"cls_only_last_layer": False},
 }
-HF_SYSTEMS = ("hf", "hf_thp", "hf_best", "hf_tuned")
+HF_SYSTEMS = ("hf", "hf_thp", "hf_best", "hf_tuned", "hf_defaults")
 SYSTEMS = HF_SYSTEMS + tuple(f"leantune_{v}" if v else "leantune" for v in LEANTUNE_VARIANTS)
 
 
@@ -74,9 +77,25 @@ class CountingCollator:
 
     def __call__(self, features):
         batch = self.inner(features)
-        self.real += int(batch["attention_mask"].sum())
+        # a packed batch (leantune's default) has no padding and no attention mask
+        self.real += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
         self.padded += batch["input_ids"].numel()
         return batch
+
+
+def load_goemotions(data_dir: str):
+    """GoEmotions' TSV files (text, comma-separated label ids, comment id; no header), single-label on each
+    example's first label (leantune has no multi-label yet)."""
+    import pandas as pd
+    from datasets import Dataset, DatasetDict
+
+    def split(name: str) -> Dataset:
+        df = pd.read_csv(Path(data_dir) / f"{name}.tsv", sep="\t", header=None, names=["text", "labels", "id"],
+                         quoting=3, dtype=str, keep_default_na=False)
+        return Dataset.from_dict({"text": df["text"].tolist(),
+                                  "label": [int(x.split(",")[0]) for x in df["labels"]]})
+
+    return DatasetDict({"train": split("train"), "validation": split("dev")})
 
 
 def load(args):
@@ -86,19 +105,30 @@ def load(args):
     from leantune.data import load_glue
 
     model_dir = args.model or default_model()
-    dsd, _ = load_glue("mrpc", args.data_dir)
     tok = AutoTokenizer.from_pretrained(model_dir)
-    tokenized = dsd.map(lambda b: tok(b["sentence1"], b["sentence2"], truncation=True), batched=True)
-    tokenized = tokenized.remove_columns(["sentence1", "sentence2", "idx"])
+    if args.task == "goemotions":
+        dsd = load_goemotions(args.data_dir)
+        tokenized = dsd.map(lambda b: tok(b["text"], truncation=True), batched=True).remove_columns(["text"])
+    else:
+        dsd, _ = load_glue("mrpc", args.data_dir)
+        tokenized = dsd.map(lambda b: tok(b["sentence1"], b["sentence2"], truncation=True), batched=True)
+        tokenized = tokenized.remove_columns(["sentence1", "sentence2", "idx"])
     if args.max_train_samples:
         tokenized["train"] = tokenized["train"].select(range(args.max_train_samples))
     return model_dir, tok, tokenized
 
 
-def dev_metrics(logits, labels):
+def dev_metrics(logits, labels, task: str = "mrpc"):
+    from sklearn.metrics import accuracy_score, f1_score
+
+    predictions = np.argmax(logits, -1)
+    if task == "goemotions":
+        return {"accuracy": float(accuracy_score(labels, predictions)),
+                "f1": float(f1_score(labels, predictions, average="macro", labels=range(logits.shape[-1]),
+                                     zero_division=0))}
     from leantune.metrics import load_metric
 
-    return load_metric("glue", "mrpc").compute(predictions=np.argmax(logits, -1), references=labels)
+    return load_metric("glue", "mrpc").compute(predictions=predictions, references=labels)
 
 
 def timed_train_and_predict(trainer, collator: CountingCollator, data):
@@ -110,7 +140,7 @@ def timed_train_and_predict(trainer, collator: CountingCollator, data):
     t0 = time.perf_counter()
     pred = trainer.predict(data["validation"])
     eval_s = time.perf_counter() - t0
-    return train_s, eval_s, real, padded, dev_metrics(pred.predictions, pred.label_ids), data
+    return train_s, eval_s, real, padded, dev_metrics(pred.predictions, pred.label_ids, TASK[0]), data
 
 
 def make_model(args, model_dir: str):
@@ -120,7 +150,14 @@ def make_model(args, model_dir: str):
 
     if args.arch != "pretrained":
         return make_random_model(args.arch, model_dir)
-    return AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2)
+    return AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=num_labels(args))
+
+
+def num_labels(args) -> int:
+    return 28 if args.task == "goemotions" else 2
+
+
+TASK = ["mrpc"]  # the task of this process (set by main)
 
 
 def run_hf(args, system: str):
@@ -129,6 +166,7 @@ def run_hf(args, system: str):
     model_dir, tok, data = load(args)
     model = make_model(args, model_dir)
     # transformers 5 spells group_by_length=True as train_sampling_strategy="group_by_length"
+    # hf_defaults: the HF Trainer's defaults (random batches, its default optimizer), the process tuned
     extra = dict({"hf_tuned": {"train_sampling_strategy": "group_by_length", "optim": "adamw_torch_fused"},
                   "hf_best": {"train_sampling_strategy": "group_by_length", "torch_compile": True,
                               "optim": "adamw_torch_fused"}}.get(system, {}))
@@ -148,17 +186,27 @@ def run_leantune(args, variant: str):
     from leantune.model import load_model
 
     model_dir, tok, data = load(args)
-    labels = ("not_equivalent", "equivalent")
+    labels = tuple(str(i) for i in range(28)) if args.task == "goemotions" else ("not_equivalent", "equivalent")
     model = make_model(args, model_dir) if args.arch != "pretrained" else load_model(model_dir, labels, quiet=True)
     extra = dict(LEANTUNE_VARIANTS[variant])
     if args.precision == "bf16":
         extra["bf16"] = True
     targs = TrainingArguments(args.out, num_train_epochs=args.epochs, seed=args.seed, eval_strategy="no",
                               disable_tqdm=True, overwrite_output_dir=True, **extra)
-    trainer = Trainer(model, targs, train_dataset=data["train"], processing_class=tok)
-    # count what leantune's own collator makes (its padding to CUDA-graph buckets included)
-    trainer.data_collator = collator = CountingCollator(trainer.data_collator)
-    return timed_train_and_predict(trainer, collator, data)
+    collators: list[CountingCollator] = []
+
+    class CountingTrainer(Trainer):
+        """Counts what leantune's own training batches hold (packed, or padded to CUDA-graph buckets)."""
+
+        def _train_loader(self):
+            loader, sampler = super()._train_loader()
+            collators.append(CountingCollator(loader.collate_fn))
+            loader.collate_fn = collators[-1]
+            return loader, sampler
+
+    trainer = CountingTrainer(model, targs, train_dataset=data["train"], processing_class=tok)
+    train_s, eval_s, _, _, metrics, data = timed_train_and_predict(trainer, CountingCollator(None), data)
+    return train_s, eval_s, collators[0].real, collators[0].padded, metrics, data
 
 
 def main():
@@ -174,7 +222,9 @@ def main():
     p.add_argument("--out", required=True)
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--arch", choices=ARCHS, default="pretrained")
+    p.add_argument("--task", choices=["mrpc", "goemotions"], default="mrpc")
     args = p.parse_args()
+    TASK[0] = args.task
     # first thing, before this process's first matrix multiply (MKL picks its code path there)
     tuning_args, tuning = tuning_of(args.system), None
     if tuning_args is not None:

@@ -61,7 +61,7 @@ from leantune.optim import build_optimizer, build_scheduler, check_precision, cl
 from leantune.runlog import RunLog
 from leantune.speed.cudagraph import BUCKET, GraphedStep, can_use_cuda_graphs
 from leantune.speed.levers import Decision, decide, enter_levers, summary, training_levers
-from leantune.speed.packing import PackedCollator, position_offset
+from leantune.speed.packing import PackedCollator, position_offset, replaces
 from leantune.speed.process import process_line, process_tuning
 from leantune.stats import TrainStats
 
@@ -109,7 +109,8 @@ class Trainer(EvaluationLoop):
         self._graphs = can_use_cuda_graphs(self.args.cuda_graphs, self.accelerator, self.args.torch_compile)
         # CUDA graphs want few distinct shapes: batch lengths in steps of GraphedStep's bucket
         bucket = BUCKET if self._graphs else None
-        self._own_collator = data_collator is None  # then training batches may be packed (speed/packing.py)
+        # training batches may be packed (speed/packing.py) unless the given collator makes batches of its own
+        self._own_collator = data_collator is None or replaces(data_collator)
         self.data_collator = data_collator or DataCollatorWithPadding(
             self.processing_class, pad_token_id=None if self.processing_class else self._pad_id,
             pad_to_multiple_of=self.args.pad_to_multiple_of or bucket)

@@ -25,6 +25,7 @@ from transformers import (
 )
 
 from leantune import Trainer, TrainingArguments, tokenize
+from leantune.speed import packing
 from leantune.speed.clsonly import cls_only_last_layer, last_layer, why_not
 
 SIZES = {"vocab_size": 120, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
@@ -124,6 +125,7 @@ def test_training_with_and_without_it_ends_at_the_same_weights(tiny_bert, tmp_pa
                                  cls_only_last_layer=on, disable_tqdm=True, use_cpu=True)
         trainer = Trainer(model, args, train_dataset=data, eval_dataset=data, processing_class=tok)
         why_not(model)  # the probes (run once per model) before the hook counts rows
+        packing.why_not(model, cls_only=on)  # and the packed batches' probe, with the layer as training runs it
         rows: set[int] = set()  # positions the last layer's feed-forward saw, in training and evaluation
         last_layer(model).intermediate.dense.register_forward_hook(lambda m, i, o, rows=rows: rows.add(i[0].shape[1]))
         trainer.train()

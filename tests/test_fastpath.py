@@ -137,7 +137,8 @@ def test_attention_with_dropout_matches_the_masked_fill_reference_bit_for_bit():
         keep_keys = torch.arange(9)[None, :] < torch.tensor(lengths)[:, None]
         mask = keep_keys[:, None, None, :].expand(2, 1, 9, 9).clone()  # (batch, 1, queries, keys), True = attend
         torch.manual_seed(11)
-        out, _ = attention(module, q, k, v, mask, dropout=0.1)
+        with fast_training(module):  # the fast dropout stream is for models inside fast_training
+            out, _ = attention(module, q, k, v, mask, dropout=0.1)
         torch.manual_seed(11)
         scores = (q @ k.transpose(-2, -1) * 8**-0.5).masked_fill(~mask, torch.finfo(torch.float32).min)
         probs = torch.softmax(scores, -1) * scaled_mask(scores.shape, 0.1)

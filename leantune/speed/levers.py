@@ -141,7 +141,8 @@ class PackedBatches:
         if not args.packed_batches:
             return _off(self.name)
         if not self.own_collator:
-            return Decision(False, "a data_collator was given: its batches are used as they are")
+            return Decision(False, "a data_collator other than plain right-side padding was given: its batches "
+                                   "are used as they are")
         if can_use_cuda_graphs(args.cuda_graphs, self.accelerator, args.torch_compile):
             return Decision(False, "CUDA graphs replay fixed batch shapes: padded batches (--no-cuda-graphs to pack)")
         self.cls_only = bool(args.cls_only_last_layer) and why_not(model) is None

@@ -76,6 +76,21 @@ def _joined(features: Sequence[dict[str, Any]], key: str) -> torch.Tensor:
     return torch.tensor(list(itertools.chain.from_iterable(f[key] for f in features)), dtype=torch.long)[None]
 
 
+def replaces(collator: Any) -> bool:
+    """Whether packed batches may stand in for `collator`'s: plain dynamic padding on the right (leantune's or
+    transformers' DataCollatorWithPadding, exactly those classes: a subclass may add to the batch), whose
+    padded batches give the packed batch's logits. Left padding moves [CLS] off position 0, so it is kept."""
+    from transformers import DataCollatorWithPadding as HFCollator
+
+    from leantune.collate import DataCollatorWithPadding
+
+    if type(collator) is DataCollatorWithPadding:
+        return not collator.pad_left
+    if type(collator) is HFCollator:
+        return getattr(collator.tokenizer, "padding_side", "right") == "right"
+    return False
+
+
 def is_packed(batch: dict[str, Any]) -> bool:
     return batch.get("cu_seq_lens_q") is not None
 

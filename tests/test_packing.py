@@ -1,0 +1,160 @@
+"""Packed batches (leantune/speed/packing.py): the collator's layout, attention kept within each sequence,
+the proof per model, and the Trainer's use of them. Every family of the zoo is trained packed against
+padded in test_zoo.py."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import toy_rows
+from datasets import Dataset, DatasetDict
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForSequenceClassification
+
+from leantune import Trainer, TrainingArguments, tokenize
+from leantune.collate import DataCollatorWithPadding
+from leantune.speed import packing
+from leantune.speed.packing import PackedCollator, packed_attention, packed_batches
+
+
+def _rows() -> list[dict]:
+    return [{"input_ids": [101, 5, 6, 102], "token_type_ids": [0, 0, 0, 0], "label": 1},
+            {"input_ids": [101, 7, 102, 8, 9, 102], "token_type_ids": [0, 0, 0, 1, 1, 1], "label": 0},
+            {"input_ids": [101, 102], "token_type_ids": [0, 0], "label": 1}]
+
+
+def test_collator_lays_the_sequences_end_to_end() -> None:
+    batch = PackedCollator(position_offset=2)(_rows())
+    assert batch["input_ids"].tolist() == [[101, 5, 6, 102, 101, 7, 102, 8, 9, 102, 101, 102]]
+    assert batch["token_type_ids"].tolist() == [[0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 0, 0]]
+    assert batch["position_ids"].tolist() == [[2, 3, 4, 5, 2, 3, 4, 5, 6, 7, 2, 3]]  # restart, from the offset
+    assert batch["cu_seq_lens_q"].tolist() == [0, 4, 10, 12] and batch["cu_seq_lens_k"] is batch["cu_seq_lens_q"]
+    assert batch["max_length_q"] == batch["max_length_k"] == 6
+    assert batch["labels"].tolist() == [1, 0, 1]
+    assert packing.num_sequences(batch) == 3 and "attention_mask" not in batch
+
+
+def _attention_both_ways(mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list]:
+    """Packed attention over three sequences against SDPA on each sequence alone (with `mask`, a (T, T) bool
+    mask over the packed row, cut to each sequence's block); the outputs and the gradients of q, k, v."""
+    g = torch.Generator().manual_seed(0)
+    lengths, heads, dim = [3, 5, 2], 2, 4
+    total = sum(lengths)
+    q, k, v = (torch.randn(1, heads, total, dim, generator=g, requires_grad=True) for _ in range(3))
+    cu = torch.tensor([0, 3, 8, 10], dtype=torch.int32)
+    packed = packed_attention(q, k, v, None if mask is None else mask[None, None], None, cu, max(lengths))
+    projection = torch.randn(packed.shape, generator=g)
+    packed_grads = torch.autograd.grad((packed * projection).sum(), (q, k, v))
+    outs = []
+    for s, e in zip(cu[:-1].tolist(), cu[1:].tolist()):
+        block = None if mask is None else mask[s:e, s:e]
+        outs.append(torch.nn.functional.scaled_dot_product_attention(q[:, :, s:e], k[:, :, s:e], v[:, :, s:e],
+                                                                      attn_mask=block).transpose(1, 2))
+    alone = torch.cat(outs, dim=1)
+    alone_grads = torch.autograd.grad((alone * projection).sum(), (q, k, v))
+    return packed, alone, projection, list(zip(packed_grads, alone_grads))
+
+
+@pytest.mark.parametrize("window", [None, 1])
+def test_packed_attention_equals_attention_within_each_sequence(window: int | None) -> None:
+    # window: a sliding-window mask over the packed row (ModernBERT's local layers), cut to each sequence
+    mask = None
+    if window is not None:
+        i = torch.arange(10)
+        mask = (i[:, None] - i[None]).abs() <= window
+    packed, alone, _, grads = _attention_both_ways(mask)
+    assert packed.shape == (1, 10, 2, 4)
+    torch.testing.assert_close(packed, alone, rtol=1e-5, atol=1e-6)
+    for a, b in grads:
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_packed_attention_applies_the_dropout_it_is_given() -> None:
+    q = torch.randn(1, 2, 5, 4)
+    cu = torch.tensor([0, 2, 5], dtype=torch.int32)
+    out = packed_attention(q, q, q, None, None, cu, 3, dropout=torch.zeros_like)
+    assert out.abs().max() == 0
+
+
+def _tiny(attn: str = "sdpa", **config) -> BertForSequenceClassification:
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=120, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=32, max_position_embeddings=64, **config)
+    cfg._attn_implementation = attn
+    return BertForSequenceClassification(cfg)
+
+
+def test_proof_refuses_what_it_cannot_prove() -> None:
+    assert packing.why_not(_tiny()) is None
+    assert "SDPA only" in packing.why_not(_tiny("eager"))
+    assert "hidden states" in packing.why_not(_tiny(output_hidden_states=True))
+    model = _tiny()
+    # a head that reads every position: the probe sees logits that differ from the padded batch's
+    model.bert.pooler.forward = lambda hidden: torch.tanh(model.bert.pooler.dense(hidden.mean(dim=1)))
+    assert "did not give the padded batch's logits" in packing.why_not(model)
+
+
+def test_inside_the_block_padded_calls_are_unchanged_and_the_model_is_given_back() -> None:
+    model = _tiny().eval()
+    padded = {k: v for k, v in DataCollatorWithPadding(pad_token_id=0)(_rows()).items() if k != "labels"}
+    before = model(**padded).logits
+    with packed_batches(model) as on:
+        assert on and model.config._attn_implementation == "leantune_sdpa"
+        inside = model(**padded).logits  # evaluation's padded batches, inside the training run's block
+        packed = model(**{k: v for k, v in PackedCollator()(_rows()).items() if k != "labels"}).logits
+    assert model.config._attn_implementation == "sdpa"
+    assert not model._forward_pre_hooks and not model.bert.encoder._forward_hooks
+    torch.testing.assert_close(inside, before)
+    torch.testing.assert_close(packed, before, rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def toy_train(tiny_bert: str) -> tuple[Dataset, AutoTokenizer]:
+    tok = AutoTokenizer.from_pretrained(tiny_bert)
+    dsd = DatasetDict({"train": Dataset.from_list(toy_rows(20))})
+    return tokenize(dsd, tok, ("sentence1", "sentence2"))["train"], tok
+
+
+def _train(tiny_bert: str, toy_train, tmp_path, **kw) -> Trainer:
+    ds, tok = toy_train
+    args = TrainingArguments(str(tmp_path), num_train_epochs=1, per_device_train_batch_size=4, use_cpu=True,
+                             disable_tqdm=True, eval_strategy="no", save_strategy="no", seed=0, **kw)
+    trainer = Trainer(AutoModelForSequenceClassification.from_pretrained(tiny_bert), args, train_dataset=ds,
+                      processing_class=tok)
+    trainer.train()
+    return trainer
+
+
+def test_trainer_packs_by_default_and_says_so(tiny_bert: str, toy_train, tmp_path) -> None:
+    trainer = _train(tiny_bert, toy_train, tmp_path)
+    report = trainer.speed_report()
+    assert report["packed_batches"]["applied"] and "padded batch's logits" in report["packed_batches"]["reason"]
+    assert not report["group_by_length"]["applied"]
+    end = trainer.log_history[-1]
+    assert end["train_padding_waste"] == 0  # one row per batch, no padding token
+    padded = _train(tiny_bert, toy_train, tmp_path / "padded", packed_batches=False)
+    assert not padded.speed["packed_batches"].applied
+    assert padded.log_history[-1]["train_padding_waste"] > 0
+    # the 20 examples were counted per sequence, not per packed row (5 rows); the rate is rounded
+    assert end["train_samples_per_second"] * end["train_runtime"] == pytest.approx(20, rel=1e-2)
+
+
+class AddsAKey(DataCollatorWithPadding):
+    def __call__(self, features):
+        return {**super().__call__(features), "note": torch.zeros(1)}
+
+
+@pytest.mark.parametrize("collator, packed", [
+    ("leantune", True),  # the course passes DataCollatorWithPadding(tokenizer): plain padding, packed instead
+    ("transformers", True),
+    ("left", False),  # left padding: position 0 is padding, not [CLS]
+    ("subclass", False),  # a collator of the user's own: its batches as they are
+])
+def test_a_given_collator_is_packed_only_when_it_pads_plainly(tiny_bert: str, toy_train, tmp_path, collator: str,
+                                                              packed: bool) -> None:
+    import transformers
+
+    ds, tok = toy_train
+    made = {"leantune": lambda: DataCollatorWithPadding(tok), "transformers": lambda: transformers.DataCollatorWithPadding(tok),
+            "left": lambda: DataCollatorWithPadding(AutoTokenizer.from_pretrained(tok.name_or_path, padding_side="left")),
+            "subclass": lambda: AddsAKey(tok)}[collator]()
+    assert packing.replaces(made) == packed
