@@ -4,15 +4,30 @@ Importing it changes nothing in the process; `tune_process()` makes the process-
 code path, glibc's malloc) when asked, as the `leantune` command does at start-up.
 """
 
-from torch.optim import AdamW  # the course's `from transformers import AdamW`, which transformers removed
+import importlib
+from typing import Any
 
-from leantune.collate import DataCollatorWithPadding, LengthGroupedBatchSampler
-from leantune.config import DataArguments, TrainingArguments
-from leantune.data import DataInfo, load_data, load_files, load_glue, tokenize
-from leantune.errors import LeantuneError
-from leantune.metrics import EvalPrediction, build_compute_metrics, load_metric
-from leantune.speed.process import process_tuning, tune_process
-from leantune.trainer import PredictionOutput, Trainer, TrainOutput
+# Public names, imported on first use: `import leantune` (and the `leantune` command's start) stays light, so a
+# Ctrl-C while torch and transformers load is the command's to answer, in one line.
+_EXPORTS = {
+    "AdamW": "torch.optim",  # the course's `from transformers import AdamW`, which transformers removed
+    "DataCollatorWithPadding": "leantune.collate", "LengthGroupedBatchSampler": "leantune.collate",
+    "DataArguments": "leantune.config", "TrainingArguments": "leantune.config",
+    "DataInfo": "leantune.data", "load_data": "leantune.data", "load_files": "leantune.data",
+    "load_glue": "leantune.data", "tokenize": "leantune.data", "LeantuneError": "leantune.errors",
+    "EvalPrediction": "leantune.metrics", "build_compute_metrics": "leantune.metrics", "load_metric": "leantune.metrics",
+    "process_tuning": "leantune.speed.process", "tune_process": "leantune.speed.process",
+    "PredictionOutput": "leantune.trainer", "Trainer": "leantune.trainer", "TrainOutput": "leantune.trainer",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'leantune' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
 
 __version__ = "0.1.0"
 
@@ -23,6 +38,8 @@ def load_dataset(path: str, name: str | None = None, data_dir: str | None = None
     Anything other than GLUE is passed to `datasets.load_dataset`.
     """
     if path in ("glue", "nyu-mll/glue") and name:
+        from leantune.data import load_glue
+
         return load_glue(name, data_dir)[0]
     import datasets
 

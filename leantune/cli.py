@@ -22,9 +22,15 @@ from leantune.config import (
 from leantune.errors import LeantuneError, TrainingInterrupted
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors (an invalid value, an unknown flag) as one line, not the whole usage."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise LeantuneError(f"{message} (`{self.prog} --help` lists the flags)")
+
+
 def _parser(name: str, help: str, split_default: str | None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"leantune {name}", description=help,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = _Parser(prog=f"leantune {name}", description=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     if split_default:
         p.add_argument("--split", default=split_default,
                        help="Which split to run on: train, validation, test (MNLI: validation_matched, ...).")
@@ -39,7 +45,7 @@ def _parser(name: str, help: str, split_default: str | None) -> argparse.Argumen
 def _report_parser(name: str, help: str, split_default: str | None) -> argparse.ArgumentParser:
     from leantune.report import add_report_arguments
 
-    p = argparse.ArgumentParser(prog=f"leantune {name}", description=help)
+    p = _Parser(prog=f"leantune {name}", description=help)
     add_report_arguments(p)
     return p
 
@@ -99,9 +105,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name:<9} {text}")
         return 0 if argv else 2
     fn, text, split_default = COMMANDS[argv[0]]
-    ns = (_report_parser if argv[0] == "report" else _parser)(argv[0], text, split_default).parse_args(argv[1:])
-    _quiet_libraries()
-    try:
+    try:  # everything heavy (torch, transformers) is imported in here: a Ctrl-C while it loads is one line too
+        ns = (_report_parser if argv[0] == "report" else _parser)(argv[0], text, split_default).parse_args(argv[1:])
+        _quiet_libraries()
         if argv[0] != "report":
             _own_process(ns)
         return fn(ns)

@@ -74,7 +74,8 @@ def row_values(features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
     for key, out_key in _ROW_KEYS.items():
         if key in first and first[key] is not None:
             values = [f[key] for f in features]
-            is_float = any(isinstance(v, float) for v in values)
+            # regression scores and multi-label rows (multi-hot lists) are float; class ids long
+            is_float = any(isinstance(v, (float, list)) for v in values)
             batch[out_key] = torch.tensor(values, dtype=torch.float32 if is_float else torch.long)
     return batch
 
@@ -190,12 +191,16 @@ def lengths_of(ds: Any) -> list[int]:
 
 
 def has_labels(ds: Any) -> bool:
-    """A split has labels unless it has none or all are -1 (the GLUE test splits)."""
+    """A split has labels unless it has none, all are -1 (the GLUE test splits) or all are null (an
+    unlabelled multi-label split)."""
     if "label" not in ds.column_names:
         return "labels" in ds.column_names
+    import pyarrow as pa
     import pyarrow.compute as pc
 
     col = ds.with_format("arrow")[:]["label"]
+    if pa.types.is_list(col.type) or pa.types.is_fixed_size_list(col.type):
+        return col.null_count < len(col)
     return bool(pc.any(pc.not_equal(col, -1)).as_py())
 
 

@@ -53,9 +53,10 @@ class TrainingArguments:
                                  choices=["linear", "cosine", "constant", "constant_with_warmup"])
     warmup_ratio: float = arg(0.0, "Fraction of the steps spent warming the learning rate up from 0.")
     warmup_steps: int = arg(0, "Warmup steps (overrides --warmup-ratio when > 0).")
-    eval_strategy: str = arg("epoch", "When to evaluate: no, every --eval-steps steps, or every epoch.",
-                             choices=["no", "steps", "epoch"])
-    eval_steps: int = arg(0, "Evaluate every this many steps with --eval-strategy steps (0: --logging-steps).")
+    eval_strategy: str | None = arg(None, "When to evaluate: no, every --eval-steps steps, or every epoch (default: "
+                                          "epoch; steps when --eval-steps is given).", choices=["no", "steps", "epoch"])
+    eval_steps: int = arg(0, "Evaluate every this many steps; given alone, it sets --eval-strategy steps (0: every "
+                             "--logging-steps steps with --eval-strategy steps).")
     logging_steps: int = arg(50, "Log the training loss every this many optimizer steps.")
     seed: int = arg(42, "Random seed for the head's init, dropout and data order.")
     use_cpu: bool = arg(False, "Run on the CPU even when a GPU is there (the HF Trainer's use_cpu).")
@@ -91,9 +92,12 @@ class TrainingArguments:
                                     "errors still print).", aliases=["--quiet"])
     report_to: str = arg("none", "Also log to TensorBoard (event files in OUTPUT_DIR/runs).",
                          choices=["none", "tensorboard"])
-    save_strategy: str = arg("no", "When to save a checkpoint to resume from (OUTPUT_DIR/checkpoint-STEP): no, every "
-                             "--save-steps steps, or every epoch.", choices=["no", "steps", "epoch"])
-    save_steps: int = arg(500, "Save a checkpoint every this many optimizer steps with --save-strategy steps.")
+    save_strategy: str | None = arg(None, "When to save a checkpoint to resume from (OUTPUT_DIR/checkpoint-STEP): no, "
+                                          "every --save-steps steps, or every epoch (default: no; steps when "
+                                          "--save-steps is given).", choices=["no", "steps", "epoch"])
+    save_steps: int | None = arg(None, "Save a checkpoint every this many optimizer steps; given alone, it sets "
+                                       "--save-strategy steps, as in the HF Trainer (default: 500 with --save-strategy "
+                                       "steps).")
     save_total_limit: int = arg(0, "Keep only the newest this many checkpoints (0: all); with "
                                    "--load-best-model-at-end the best one is kept as well.")
     resume_from_checkpoint: str | None = arg(None, "Continue an interrupted run exactly: --resume alone takes the newest "
@@ -116,9 +120,34 @@ class TrainingArguments:
         if self.evaluation_strategy is not None:
             self.eval_strategy = self.evaluation_strategy
             self.evaluation_strategy = None
-        problems = self.problems()
+        problems = self._settle_strategies()
+        problems += self.problems()
         if problems:
             raise LeantuneError("; ".join(problems))
+
+    def _settle_strategies(self) -> list[str]:
+        """A step count given without its strategy turns the strategy on (as the HF Trainer's save_steps does);
+        one given with a strategy that ignores it is a problem: a flag never silently does nothing."""
+        p = []
+        if self.save_strategy is None:
+            self.save_strategy = "no" if self.save_steps is None else "steps"
+        elif self.save_steps is not None and self.save_strategy != "steps":
+            p.append(f"--save-steps {self.save_steps} has no effect with --save-strategy {self.save_strategy}: "
+                     f"use --save-strategy steps, or leave --save-strategy out")
+        if self.save_steps is None:
+            self.save_steps = 500
+        if self.eval_strategy is None:
+            self.eval_strategy = "steps" if self.eval_steps else "epoch"
+        elif self.eval_steps and self.eval_strategy != "steps":
+            p.append(f"--eval-steps {self.eval_steps} has no effect with --eval-strategy {self.eval_strategy}: "
+                     f"use --eval-strategy steps, or leave --eval-strategy out")
+        if self.save_total_limit and self.save_strategy == "no" and not self.load_best_model_at_end:
+            p.append(f"--save-total-limit {self.save_total_limit} has no effect: no checkpoints are saved "
+                     f"(--save-strategy no)")
+        if self.metric_for_best_model and not (self.load_best_model_at_end or self.early_stopping_patience):
+            p.append(f"--metric-for-best-model {self.metric_for_best_model} has no effect without "
+                     f"--load-best-model-at-end or --early-stopping-patience")
+        return p
 
     def problems(self) -> list[str]:
         p = []
@@ -190,6 +219,17 @@ class DataArguments:
     test_file: str | None = arg(None, "Test file, for predict.")
     text_columns: list[str] = arg([], "Text column(s), one or two (default: detected).")
     label_column: str | None = arg(None, "Label column (default: label).")
+    problem_type: str | None = arg(None, "single_label_classification, regression or multi_label_classification "
+                                         "(default: from the labels: lists or --label-delimiter make it multi-label, "
+                                         "numbers with a fractional part a regression, anything else classes; "
+                                         "integer targets of a regression need it).",
+                                   choices=["single_label_classification", "regression", "multi_label_classification"])
+    label_delimiter: str | None = arg(None, "Labels are sets joined by this, e.g. ',' for '3,27': multi-label "
+                                            "classification (JSON/Parquet lists need no delimiter).")
+    label_names: str | None = arg(None, "A file with one class name per line (e.g. GoEmotions' labels.txt): the "
+                                        "classes and their order; integer labels that are not names index into it.")
+    column_names: list[str] = arg([], "The CSV/TSV files have no header row; these are their columns, e.g. "
+                                      "--column-names text labels id.")
     max_length: int = arg(0, "Truncate inputs to this many tokens (0: the model's limit, at most 512).")
     max_train_samples: int = arg(0, "Use only the first N training examples (0: all).")
     max_eval_samples: int = arg(0, "Use only the first N evaluation examples (0: all).")
@@ -203,8 +243,30 @@ class DataArguments:
                     if getattr(self, n) < 0]
         if len(self.text_columns) > 2:
             problems.append(f"--text-columns takes one or two columns, got {len(self.text_columns)}")
+        kinds = ("single_label_classification", "regression", "multi_label_classification")
+        if self.problem_type is not None and self.problem_type not in kinds:
+            problems.append(f"--problem-type must be one of {', '.join(kinds)}, got {self.problem_type!r}")
+        if self.label_delimiter is not None and self.problem_type not in (None, "multi_label_classification"):
+            problems.append(f"--label-delimiter makes labels sets (multi-label), not --problem-type {self.problem_type}")
+        if self.label_delimiter is not None and not self.label_delimiter.strip():
+            problems.append("--label-delimiter: give a character that separates labels, e.g. ','")
         if problems:
             raise LeantuneError("; ".join(problems))
+
+    def label_name_list(self) -> list[str]:
+        """The classes of --label-names, one per line (blank lines skipped); [] without the flag."""
+        if not self.label_names:
+            return []
+        path = Path(self.label_names)
+        try:
+            names = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise LeantuneError(f"--label-names {path}: cannot read: {getattr(e, 'strerror', None) or e}") from None
+        repeated = [n for i, n in enumerate(names) if n in names[:i]]
+        if len(names) < 2 or repeated:
+            raise LeantuneError(f"--label-names {path}: needs two or more distinct names, one per line"
+                                + (f" ({repeated[0]!r} is there twice)" if repeated else ""))
+        return names
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

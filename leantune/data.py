@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+from datasets import Dataset, DatasetDict, Features, Value
 
 from leantune.errors import LeantuneError
 from leantune.files import DataInfo, column_list, few, load_files
@@ -33,7 +32,7 @@ from leantune.tasks import GlueTask, get_task
 def load_glue(task: str | GlueTask, data_dir: str | os.PathLike | None = None) -> tuple[DatasetDict, DataInfo]:
     """A GLUE task from the official TSV files in `data_dir`, or from the Hub when `data_dir` is None."""
     t = task if isinstance(task, GlueTask) else get_task(task)
-    info = DataInfo(t.text_columns, t.label_names, t.name)
+    info = DataInfo(t.text_columns, t.problem, t.name)
     if data_dir is None:
         # The Hub path (needs network or a warm HF cache); same features as the TSV path below.
         return datasets.load_dataset("nyu-mll/glue", t.name), info
@@ -51,8 +50,8 @@ def load_glue(task: str | GlueTask, data_dir: str | os.PathLike | None = None) -
 
 
 def glue_features(t: GlueTask) -> Features:
-    label = Value("float32") if t.is_regression else ClassLabel(names=list(t.label_names))
-    return Features({**{c: Value("string") for c in t.text_columns}, "label": label, "idx": Value("int32")})
+    return Features({**{c: Value("string") for c in t.text_columns}, "label": t.problem.label_feature(),
+                     "idx": Value("int32")})
 
 
 def _read_glue_tsv(t: GlueTask, path: Path, is_test: bool) -> Dataset:
@@ -95,17 +94,7 @@ def _read_glue_tsv(t: GlueTask, path: Path, is_test: bool) -> Dataset:
 
 
 def _glue_label(t: GlueTask, raw: str) -> int | float | None:
-    raw = raw.strip()
-    try:
-        if t.is_regression:
-            value = float(raw)
-            return value if math.isfinite(value) else None
-        if raw in t.label_names:
-            return t.label_names.index(raw)
-        value = int(raw)
-        return value if 0 <= value < t.num_labels else None
-    except ValueError:
-        return None
+    return t.problem.parse(raw)
 
 
 def _read_tsv_rows(path: Path) -> list[list[str]]:
@@ -131,8 +120,12 @@ def load_data(
     text_columns: list[str] | tuple[str, ...] | None = None,
     label_column: str | None = None,
     label_names: list[str] | tuple[str, ...] | None = None,
+    problem_type: str | None = None,
+    label_delimiter: str | None = None,
+    column_names: list[str] | tuple[str, ...] | None = None,
 ) -> tuple[DatasetDict, DataInfo]:
-    """`--task` (+ `--data-dir`) or the user's files; files given alongside a task replace its splits."""
+    """`--task` (+ `--data-dir`) or the user's files; files given alongside a task replace its splits.
+    The file options are load_files'."""
     files = {"train": train_file, "validation": validation_file, "test": test_file}
     files = {k: v for k, v in files.items() if v}
     if task:
@@ -144,7 +137,7 @@ def load_data(
         return dsd, info
     if data_dir:
         raise LeantuneError("--data-dir needs --task (which GLUE task the directory holds)")
-    return load_files(files, text_columns, label_column, label_names)
+    return load_files(files, text_columns, label_column, label_names, problem_type, label_delimiter, column_names)
 
 
 # ---------------------------------------------------------------- tokenize ------------------------
@@ -173,6 +166,11 @@ def tokenize(
     model_limit = getattr(tokenizer, "model_max_length", 512) or 512
     if max_length and max_length > model_limit:  # longer inputs would index past the position embeddings
         raise LeantuneError(f"--max-length {max_length}: the model takes at most {model_limit} tokens")
+    # the special tokens ([CLS] ... [SEP] ... [SEP]) plus one token of each text: below that a text is cut away
+    smallest = tokenizer.num_special_tokens_to_add(pair=len(text_columns) == 2) + len(text_columns)
+    if max_length and max_length < smallest:
+        raise LeantuneError(f"--max-length {max_length}: at least {smallest} tokens are needed (the model's special "
+                            f"tokens and one token of each of the {len(text_columns)} text(s))")
     limit = max_length or min(model_limit, 512)  # longer texts are truncated to this, silently (as HF does)
     keep_tt = "token_type_ids" in tokenizer.model_input_names
     key = _cache_key(dsd, tokenizer, tuple(text_columns), limit, keep_tt)

@@ -11,13 +11,13 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from leantune.collate import WithPositions, has_labels, lengths_of, sorted_batches
 from leantune.distributed import eval_batches, gather_outputs
 from leantune.errors import LeantuneError
 from leantune.metrics import EvalPrediction
+from leantune.problem import ProblemType
 from leantune.speed.clsonly import cls_only_last_layer
 from leantune.speed.packing import PACKED_KEYS
 
@@ -79,9 +79,8 @@ class EvaluationLoop:
         lb = torch.cat(labels).cpu()[first] if labelled else None
         metrics: dict[str, float] = {}
         if lb is not None:
-            regression = lg.shape[-1] == 1
-            loss = F.mse_loss(lg.squeeze(-1), lb.float()) if regression else F.cross_entropy(lg, lb)
-            metrics[f"{prefix}_loss"] = float(loss)
+            problem = ProblemType.of_model(self.accelerator.unwrap_model(self.model).config)
+            metrics[f"{prefix}_loss"] = float(problem.loss(lg, lb))
             if self.compute_metrics is not None:
                 task = self.compute_metrics(EvalPrediction(lg.numpy(), lb.numpy()))
                 metrics.update({f"{prefix}_{k}": float(v) for k, v in task.items()})

@@ -14,23 +14,32 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+from datasets import Dataset, DatasetDict, Features, Value
 
 from leantune.errors import LeantuneError
-from leantune.tasks import HasLabels
+from leantune.problem import MULTI, REGRESSION, ProblemType
 
 FILE_FORMATS = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
-MAX_CLASSES = 10_000  # integer labels beyond this are ids of no classifier (and would exhaust memory)
+MAX_CLASSES = 10_000  # more distinct labels than this is no classification task (and would exhaust memory)
 _ID_LIKE = {"id", "idx", "index", "guid", "uid"}
 
 
 @dataclass(frozen=True)
-class DataInfo(HasLabels):
-    """What the model needs to know about a loaded dataset."""
+class DataInfo:
+    """What the model needs to know about a loaded dataset: its text columns and its ProblemType."""
 
     text_columns: tuple[str, ...]
-    label_names: tuple[str, ...] | None  # None means regression
+    problem: ProblemType
     task: str | None = None
+
+    @property
+    def label_names(self) -> tuple[str, ...] | None:
+        """The classes (None for a regression)."""
+        return None if self.problem.is_regression else self.problem.label_names
+
+    @property
+    def num_labels(self) -> int:
+        return self.problem.num_labels
 
 
 def column_list(columns: Any) -> str:
@@ -48,15 +57,23 @@ def load_files(
     text_columns: list[str] | tuple[str, ...] | None = None,
     label_column: str | None = None,
     label_names: list[str] | tuple[str, ...] | None = None,
+    problem_type: str | None = None,
+    label_delimiter: str | None = None,
+    column_names: list[str] | tuple[str, ...] | None = None,
 ) -> tuple[DatasetDict, DataInfo]:
     """Load the user's CSV/TSV/JSON/JSONL/Parquet files, one per split ("train", "validation", "test").
 
     Columns, unless named: the label is `label`; the texts are `sentence1`+`sentence2`, else
-    `sentence` or `text`, else the first one or two string columns that are not id-like. String
-    labels become ids (sorted names, or `label_names` to fix the order, e.g. a trained model's);
-    numeric labels with a fractional value make the task a regression.
+    `sentence` or `text`, else the first one or two string columns that are not id-like. `column_names`:
+    the CSV/TSV files have no header row, these are their columns.
+
+    The problem type (`problem_type` forces one): lists in the label column (JSON, Parquet) or a
+    `label_delimiter` make it multi-label; numbers with a fractional part, a regression; anything else,
+    single-label classification. Classes are the labels' names, sorted (integers in numeric order; they are
+    ids only when they are exactly 0..K-1), or `label_names` to fix the set and order (a trained model's,
+    or a label-names file: integer labels that are not names index into it).
     """
-    frames = {split: _read_table(Path(p)) for split, p in files.items() if p}
+    frames = {split: _read_table(Path(p), column_names) for split, p in files.items() if p}
     if not frames:
         raise LeantuneError("no data: give --task or at least one of --train-file/--validation-file/--test-file")
     first_split, first = next(iter(frames.items()))
@@ -71,8 +88,10 @@ def load_files(
     # a test file whose label column is blank throughout is unlabelled, like GLUE's test files
     labelled = {s: df for s, df in frames.items() if label_column in df.columns
                 and not (s.startswith("test") and all(_blank(v) for v in df[label_column].tolist()))}
+    multi = problem_type == MULTI or bool(label_delimiter) or any(
+        _is_list(v) for df in labelled.values() for v in df[label_column].tolist())
     for split, df in frames.items():
-        _check_cells(df, texts, label_column if split in labelled else None, files[split])
+        _check_cells(df, texts, label_column if split in labelled else None, files[split], multi)
     if not labelled and any(not s.startswith("test") for s in frames):
         s = next(s for s in frames if not s.startswith("test"))
         raise LeantuneError(
@@ -81,34 +100,41 @@ def load_files(
         )
     # The label set comes from the training split: a label only seen in validation is an error, named.
     source = {"train": labelled["train"]} if "train" in labelled else labelled
-    names = tuple(label_names) if label_names else _infer_label_names(source, label_column, files)
+    if multi:
+        sets = {s: _label_sets(df, label_column, label_delimiter, files[s]) for s, df in labelled.items()}
+        names = tuple(label_names) if label_names else _class_names(
+            [x for s in source for row in sets[s] for x in row], label_column, files[next(iter(source))])
+        problem = ProblemType.multi_label(names)
+        encoded = {s: _encode_sets(sets[s], problem, label_column, files[s]) for s in labelled}
+    else:
+        names = tuple(label_names) if label_names else _infer_label_names(source, label_column, files, problem_type)
+        problem = ProblemType.of_labels(names)
+        encoded = {s: _encode_labels(df, label_column, names, files[s]) for s, df in labelled.items()}
+    feats = Features({**{c: Value("string") for c in texts}, "label": problem.label_feature(), "idx": Value("int32")})
     splits = {}
     for split, df in frames.items():
-        labels = _encode_labels(df, label_column, names, files[split]) if split in labelled else [-1] * len(df)
-        feats = {c: Value("string") for c in texts}
-        feats["label"] = Value("float32") if names is None else ClassLabel(names=list(names))
-        feats["idx"] = Value("int32")
+        labels = encoded[split] if split in labelled else [problem.unlabelled()] * len(df)
         data = {c: [_text(v) for v in df[c].tolist()] for c in texts}
-        splits[split] = Dataset.from_dict({**data, "label": labels, "idx": list(range(len(df)))}, Features(feats))
-    return DatasetDict(splits), DataInfo(texts, names)
+        splits[split] = Dataset.from_dict({**data, "label": labels, "idx": list(range(len(df)))}, feats)
+    return DatasetDict(splits), DataInfo(texts, problem)
 
 
-def _read_table(path: Path):
+def _read_table(path: Path, column_names: list[str] | tuple[str, ...] | None = None):
     import pandas as pd
 
     suffix = path.suffix.lower()
     if suffix not in FILE_FORMATS:
         raise LeantuneError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(FILE_FORMATS)}")
+    if column_names and suffix not in (".csv", ".tsv"):
+        raise LeantuneError(f"{path}: --column-names is for CSV/TSV files without a header row (JSON and Parquet "
+                            f"name their columns)")
     if path.is_dir():
         raise LeantuneError(f"{path}: is a directory, not a file")
     if not path.is_file():
         raise LeantuneError(f"{path}: no such file")
     try:
         if suffix in (".csv", ".tsv"):
-            # TSV as GLUE writes it: fields never quoted, so a bare '"' is just a character.
-            quoting = csv.QUOTE_NONE if suffix == ".tsv" else csv.QUOTE_MINIMAL
-            df = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", quoting=quoting, dtype=str,
-                             keep_default_na=False, encoding="utf-8-sig")
+            df = _read_delimited(path, suffix, column_names)
         elif suffix == ".parquet":
             df = pd.read_parquet(path)
         else:
@@ -117,6 +143,8 @@ def _read_table(path: Path):
                 f.seek(0)
                 lines = suffix == ".jsonl" or head != "["
                 df = pd.read_json(f, lines=lines, dtype=False)
+    except LeantuneError:
+        raise
     except UnicodeDecodeError as e:
         raise LeantuneError(f"{path}: not valid UTF-8 (byte {e.start}): {e.reason}") from None
     except pd.errors.EmptyDataError:
@@ -127,8 +155,62 @@ def _read_table(path: Path):
     if len(df) == 0:
         raise LeantuneError(f"{path}: no data rows")
     df.columns = [str(c) for c in df.columns]
+    repeated = sorted({c for c in df.columns if list(df.columns).count(c) > 1})
+    if repeated:  # e.g. Parquet; pandas renames a CSV's repeats, _read_delimited checks those
+        raise LeantuneError(f"{path}: column {repeated[0]!r} appears more than once")
     _check_delimiter(df, suffix, path)
     return df
+
+
+def _read_delimited(path: Path, suffix: str, column_names: list[str] | tuple[str, ...] | None = None):
+    """A CSV, or a TSV as GLUE writes it (fields never quoted, so a bare '"' is just a character).
+
+    The header decides the columns: pandas would otherwise take data rows one field longer than the header as
+    having an index column, and shift every column by one. A trailing delimiter on the data rows (an empty
+    last field) is accepted; a filled field beyond the header is an error naming its line. A column name
+    twice in the header is an error (pandas would rename the second one and nobody would read it).
+    `column_names`: the file has no header row; every row must have that many fields.
+    """
+    import warnings
+
+    import pandas as pd
+
+    sep, quoting = ("\t", csv.QUOTE_NONE) if suffix == ".tsv" else (",", csv.QUOTE_MINIMAL)
+    if column_names:
+        return _read_headerless(path, sep, quoting, list(column_names))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", pd.errors.ParserWarning)
+        df = pd.read_csv(path, sep=sep, quoting=quoting, dtype=str, keep_default_na=False, encoding="utf-8-sig",
+                         index_col=False)
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        rows = csv.reader(f, delimiter=sep, quoting=quoting)
+        header = next(rows, [])
+        repeated = [c for i, c in enumerate(header) if c in header[:i]]
+        if repeated:
+            where = [i + 1 for i, c in enumerate(header) if c == repeated[0]]
+            raise LeantuneError(f"{path}: column {repeated[0]!r} appears more than once in the header (columns "
+                                f"{few(where)})")
+        if any(issubclass(w.category, pd.errors.ParserWarning) for w in caught):  # rows longer than the header
+            for line, row in enumerate(rows, start=2):
+                if any(cell.strip() for cell in row[len(header):]):
+                    raise LeantuneError(f"{path}: line {line} has {len(row)} fields but the header has {len(header)} "
+                                        f"({column_list(header)})")
+    return df
+
+
+def _read_headerless(path: Path, sep: str, quoting: int, names: list[str]):
+    import pandas as pd
+
+    repeated = [c for i, c in enumerate(names) if c in names[:i]]
+    if repeated:
+        raise LeantuneError(f"--column-names: {repeated[0]!r} is given twice")
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        for line, row in enumerate(csv.reader(f, delimiter=sep, quoting=quoting), start=1):
+            if row and len(row) != len(names):
+                raise LeantuneError(f"{path}: line {line} has {len(row)} fields but --column-names gives "
+                                    f"{len(names)} ({column_list(names)})")
+    return pd.read_csv(path, sep=sep, quoting=quoting, dtype=str, keep_default_na=False, encoding="utf-8-sig",
+                       header=None, names=names, index_col=False)
 
 
 def _check_delimiter(df, suffix: str, path: Path) -> None:
@@ -142,17 +224,31 @@ def _blank(v: Any) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v)) or (isinstance(v, str) and not v.strip())
 
 
-def _check_cells(df, texts: tuple[str, ...], label_column: str | None, path) -> None:
-    """Cells of the columns used are scalars (not lists or objects), and no label is blank: a missing
-    label (an empty field, or a row shorter than the header) is named instead of becoming a class."""
+def _is_list(v: Any) -> bool:
     import numpy as np
 
-    for c in [*texts, *([label_column] if label_column else [])]:
-        nested = [i + 1 for i, v in enumerate(df[c].tolist()) if isinstance(v, (list, dict, tuple, np.ndarray))]
+    return isinstance(v, (list, tuple, np.ndarray))
+
+
+def _check_cells(df, texts: tuple[str, ...], label_column: str | None, path, multi: bool = False) -> None:
+    """Cells of the columns used are scalars (a multi-label column: lists too, or all scalars to split), and
+    no label is blank: a missing label (an empty field, a null, a row shorter than the header, a JSON line
+    without the key) is named instead of becoming a class."""
+    for c in texts:
+        nested = [i + 1 for i, v in enumerate(df[c].tolist()) if _is_list(v) or isinstance(v, dict)]
         if nested:
             raise LeantuneError(f"{path}: column {c!r} holds lists or objects on rows {few(nested)}")
     if label_column:
-        empty = [i + 1 for i, v in enumerate(df[label_column].tolist()) if isinstance(v, str) and not v.strip()]
+        values = df[label_column].tolist()
+        objects = [i + 1 for i, v in enumerate(values) if isinstance(v, dict)]
+        if objects:
+            raise LeantuneError(f"{path}: column {label_column!r} holds objects on rows {few(objects)}")
+        lists = [i + 1 for i, v in enumerate(values) if _is_list(v)]
+        if lists and (len(lists) < len(values) or not multi):
+            raise LeantuneError(f"{path}: column {label_column!r} mixes lists (multi-label) and single labels; "
+                                f"lists on rows {few(lists)}")
+    if label_column:  # blank, null (JSON null, a Parquet null) or missing (a JSON line without the key)
+        empty = [i + 1 for i, v in enumerate(df[label_column].tolist()) if _blank(v)]
         if empty:
             raise LeantuneError(f"{path}: column {label_column!r} is empty on rows {few(empty)}")
 
@@ -187,43 +283,103 @@ def _as_number(v: Any) -> float | None:
         return None
 
 
-def _infer_label_names(labelled: dict, label_column: str, files: dict) -> tuple[str, ...] | None:
+def _infer_label_names(labelled: dict, label_column: str, files: dict,
+                       problem_type: str | None = None) -> tuple[str, ...] | None:
+    """The classes of single-label data (None: a regression)."""
     values = [v for df in labelled.values() for v in df[label_column].tolist()]
     numbers = [_as_number(v) for v in values]
-    if values and all(n is not None for n in numbers):
+    where = files[next(iter(labelled))]
+    numeric = bool(values) and all(n is not None for n in numbers)
+    if numeric:
         for split, df in labelled.items():
             bad = [i + 1 for i, v in enumerate(df[label_column].tolist()) if not math.isfinite(_as_number(v))]
             if bad:
                 raise LeantuneError(f"{files[split]}: column {label_column!r} is NaN/inf on rows {few(bad)}")
-        if any(n != int(n) for n in numbers):
-            return None  # fractional values: regression
-        where = files[next(iter(labelled))]
-        if min(numbers) < 0:
-            raise LeantuneError(f"{where}: column {label_column!r}: class ids must be >= 0, found {int(min(numbers))}")
-        if max(numbers) >= MAX_CLASSES:
-            raise LeantuneError(f"{where}: column {label_column!r}: class id {int(max(numbers))} is too large (at most "
-                                f"{MAX_CLASSES - 1}); labels with a fractional part make a regression task")
-        return tuple(str(i) for i in range(int(max(numbers)) + 1))
-    return tuple(sorted({str(v).strip() for v in values}))
+        fractional = any(n != int(n) for n in numbers)
+        if problem_type == REGRESSION or (fractional and problem_type is None):
+            return None
+        if fractional:
+            raise LeantuneError(f"{where}: column {label_column!r} has numbers with a fractional part, which are no "
+                                f"class names (--problem-type {problem_type}); leave --problem-type out for a regression")
+    elif problem_type == REGRESSION:
+        bad = [i + 1 for i, n in enumerate(numbers) if n is None]
+        raise LeantuneError(f"{where}: column {label_column!r} must be numbers for a regression; bad values on rows "
+                            f"{few(bad)}")
+    return _class_names([str(v).strip() for v in values], label_column, where)
+
+
+def _class_names(labels: list[str], label_column: str, where: Any) -> tuple[str, ...]:
+    """The sorted distinct labels: integers in numeric order (labels 1..5 make 5 classes, not a 6-way head
+    with an unused class 0), other names in string order."""
+    distinct = set(labels)
+    numbers = {v: _as_number(v) for v in distinct}
+    if distinct and all(n is not None and math.isfinite(n) and n == int(n) for n in numbers.values()):
+        names = tuple(str(i) for i in sorted({int(n) for n in numbers.values()}))
+    else:
+        names = tuple(sorted(distinct))
+    if len(names) > MAX_CLASSES:
+        raise LeantuneError(f"{where}: column {label_column!r} has {len(names):,} distinct labels, too many classes "
+                            f"(at most {MAX_CLASSES:,}); labels with a fractional part make a regression task")
+    if len(names) < 2:
+        raise LeantuneError(f"{where}: column {label_column!r} has a single class ({names[0]!r}) in every row: a "
+                            f"classifier needs at least two")
+    return names
+
+
+def _class_id(v: Any, names: tuple[str, ...]) -> int | None:
+    """A label's class: by name, else an integer that is not a name indexes the classes (a label-names file)."""
+    n = _as_number(v)
+    integer = n is not None and math.isfinite(n) and n == int(n)
+    key = str(int(n)) if integer else str(v).strip()
+    if key in names:
+        return names.index(key)
+    return int(n) if integer and 0 <= n < len(names) else None
 
 
 def _encode_labels(df, column: str, names: tuple[str, ...] | None, path) -> list[Any]:
     out: list[Any] = []
     bad: list[int] = []
     for i, v in enumerate(df[column].tolist()):
-        n = _as_number(v)
         if names is None:
+            n = _as_number(v)
             ok = n is not None and math.isfinite(n)
             out.append(n if ok else 0.0)
         else:
-            key = str(int(n)) if n is not None and math.isfinite(n) and n == int(n) else str(v).strip()
-            ok = key in names
-            out.append(names.index(key) if ok else -1)
+            k = _class_id(v, names)
+            ok = k is not None
+            out.append(-1 if k is None else k)
         if not ok:
             bad.append(i + 1)
     if bad:
         wanted = "numbers" if names is None else f"one of {list(names)}"
         raise LeantuneError(f"{path}: column {column!r} must be {wanted}; bad values on rows {few(bad)}")
+    return out
+
+
+def _label_sets(df, column: str, delimiter: str | None, path) -> list[list[str]]:
+    """Each row's labels as strings: a list cell's items, or a string cell split at `delimiter`."""
+    out = []
+    for v in df[column].tolist():
+        if _is_list(v):
+            out.append([str(x).strip() for x in v])
+        elif delimiter:
+            out.append([x.strip() for x in str(v).split(delimiter) if x.strip()])
+        else:
+            out.append([str(v).strip()])
+    return out
+
+
+def _encode_sets(sets: list[list[str]], problem: ProblemType, column: str, path) -> list[list[float]]:
+    names, bad, out = problem.label_names, [], []
+    for i, labels in enumerate(sets):
+        ids = [_class_id(x, names) for x in labels]
+        if any(k is None for k in ids):
+            bad.append(i + 1)
+            continue
+        out.append(problem.encode([names[k] for k in ids]))
+    if bad:
+        raise LeantuneError(f"{path}: column {column!r} must hold labels of {list(names)}; bad values on rows "
+                            f"{few(bad)}")
     return out
 
 

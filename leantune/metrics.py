@@ -4,8 +4,9 @@
     >>> metric.compute(predictions=[1, 0, 1, 1], references=[1, 0, 0, 1])
     {'accuracy': 0.75, 'f1': 0.8}
 
-Values are fractions in [0, 1], as the Hub's `glue` metric gives them. Tasks with two metrics also get
-`combined_score`, their mean (as `run_glue.py` reports it).
+Values are fractions in [0, 1], as the Hub's `glue` metric gives them. Tasks with two scores also get
+`combined_score`, their mean (as `run_glue.py` reports it; an error such as MSE is not averaged in).
+Which metrics a run reports is its ProblemType's decision (leantune/problem.py).
 """
 
 from __future__ import annotations
@@ -32,23 +33,35 @@ def accuracy(preds: np.ndarray, refs: np.ndarray) -> float:
     return float((preds == refs).mean())
 
 
-def _pearson(p: np.ndarray, r: np.ndarray) -> float:
-    return float(pearsonr(p, r)[0])
+def _correlation(fn: Callable[..., Any]) -> Callable[[np.ndarray, np.ndarray], float]:
+    """A correlation that is NaN (not an exception or a warning) where it is undefined: fewer than two
+    examples, or constant predictions or references."""
+
+    def corr(p: np.ndarray, r: np.ndarray) -> float:
+        if len(p) < 2 or np.ptp(p) == 0 or np.ptp(r) == 0:
+            return float("nan")
+        return float(fn(p, r)[0])
+
+    return corr
 
 
-def _spearman(p: np.ndarray, r: np.ndarray) -> float:
-    return float(spearmanr(p, r)[0])
+def _f1(average: str) -> Callable[[np.ndarray, np.ndarray], float]:
+    return lambda p, r: float(f1_score(r, p, average=average, zero_division=0))
 
 
 _METRIC_FNS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "accuracy": accuracy,
-    "f1": lambda p, r: float(f1_score(r, p)),
-    "macro_f1": lambda p, r: float(f1_score(r, p, average="macro")),
+    "f1": _f1("binary"),
+    "macro_f1": _f1("macro"),  # multi-label (multi-hot rows) too: the mean of every class's F1
+    "micro_f1": _f1("micro"),
+    "subset_accuracy": lambda p, r: float((p == r).all(axis=-1).mean()),  # multi-label: every class right
     "matthews_correlation": lambda p, r: float(matthews_corrcoef(r, p)),
-    "pearson": _pearson,
-    "spearmanr": _spearman,
+    "pearson": _correlation(pearsonr),
+    "spearmanr": _correlation(spearmanr),
     "mse": lambda p, r: float(np.mean((p - r) ** 2)),
 }
+# not averaged into combined_score: an error, not a score (GLUE's STS-B score is the mean of its correlations)
+_NOT_SCORES = {"mse"}
 
 
 def compute(names: Sequence[str], predictions: Any, references: Any) -> dict[str, float]:
@@ -57,21 +70,16 @@ def compute(names: Sequence[str], predictions: Any, references: Any) -> dict[str
     if p.shape != r.shape:
         raise LeantuneError(f"predictions have shape {p.shape} but references {r.shape}")
     out = {name: _METRIC_FNS[name](p, r) for name in names}
-    if len(names) > 1:
-        out["combined_score"] = float(np.mean(list(out.values())))
+    scores = [v for k, v in out.items() if k not in _NOT_SCORES]
+    if len(scores) > 1:
+        out["combined_score"] = float(np.mean(scores))
     return out
 
 
-def task_metric_names(task: str | None = None, num_labels: int = 2, is_regression: bool = False) -> tuple[str, ...]:
-    """GLUE's metrics for a task; for the user's own data: accuracy and F1 (macro beyond two classes),
-    or Pearson, Spearman and MSE for regression."""
-    if task:
-        t = get_task(task)
-        # reported in the order the Hub metric reports them
-        return tuple(m for m in ("accuracy", "f1", "matthews_correlation", "pearson", "spearmanr") if m in t.metrics)
-    if is_regression:
-        return ("pearson", "spearmanr", "mse")
-    return ("accuracy", "f1") if num_labels == 2 else ("accuracy", "macro_f1")
+def task_metrics(task: str) -> tuple[str, ...]:
+    """GLUE's metrics for a task, in the order the Hub metric reports them."""
+    t = get_task(task)
+    return tuple(m for m in ("accuracy", "f1", "matthews_correlation", "pearson", "spearmanr") if m in t.metrics)
 
 
 class GlueMetric:
@@ -79,10 +87,27 @@ class GlueMetric:
 
     def __init__(self, task: str) -> None:
         self.task = get_task(task).name
-        self.names = task_metric_names(self.task)
+        self.names = task_metrics(self.task)
+        self._predictions: list[np.ndarray] = []
+        self._references: list[np.ndarray] = []
 
-    def compute(self, predictions: Any, references: Any) -> dict[str, float]:
-        out = compute(self.names, predictions, references)
+    def add_batch(self, predictions: Any, references: Any) -> None:
+        """Keep a batch for `compute()` (the course's evaluation loop adds one per batch)."""
+        self._predictions.append(np.asarray(_numpy(predictions)).reshape(-1))
+        self._references.append(np.asarray(_numpy(references)).reshape(-1))
+
+    def add(self, prediction: Any, reference: Any) -> None:
+        self.add_batch([prediction], [reference])
+
+    def compute(self, predictions: Any = None, references: Any = None) -> dict[str, float]:
+        """The metrics of the given predictions, or of every batch added since the last compute()."""
+        if predictions is None and references is None:
+            if not self._predictions:
+                raise LeantuneError("compute() without predictions: pass predictions= and references=, or "
+                                    "add_batch() first")
+            predictions, references = np.concatenate(self._predictions), np.concatenate(self._references)
+            self._predictions, self._references = [], []
+        out = compute(self.names, _numpy(predictions), _numpy(references))
         out.pop("combined_score", None)  # the Hub metric does not report it
         return out
 
@@ -100,14 +125,21 @@ def load_metric(path: str, config_name: str | None = None, **_: Any) -> GlueMetr
 load = load_metric
 
 
-def build_compute_metrics(task: str | None = None, num_labels: int = 2,
-                          is_regression: bool = False) -> Callable[[EvalPrediction], dict[str, float]]:
-    """A `compute_metrics(eval_pred)` for the Trainer: argmax for classes, squeeze for regression."""
-    names = task_metric_names(task, num_labels, is_regression)
+def _numpy(values: Any) -> Any:
+    """Tensors (the course's loop passes torch tensors) as numpy arrays; anything else as it is."""
+    if hasattr(values, "detach"):
+        return values.detach().cpu().numpy()
+    if isinstance(values, (list, tuple)) and values and hasattr(values[0], "detach"):
+        return np.asarray([v.detach().cpu().numpy() for v in values])
+    return values
 
-    def compute_metrics(eval_pred: EvalPrediction) -> dict[str, float]:
-        logits, labels = eval_pred
-        preds = np.squeeze(logits, -1) if is_regression else np.argmax(logits, axis=-1)
-        return compute(names, preds, labels)
 
-    return compute_metrics
+def build_compute_metrics(task: str | None = None, num_labels: int = 2, is_regression: bool = False,
+                          problem: Any = None) -> Callable[[EvalPrediction], dict[str, float]]:
+    """A `compute_metrics(eval_pred)` for the Trainer, by `problem` (a ProblemType; default: single-label with
+    `num_labels` classes, or a regression)."""
+    from leantune.problem import ProblemType
+
+    if problem is None:
+        problem = ProblemType.of_labels(None if is_regression else [str(i) for i in range(num_labels)])
+    return problem.compute_metrics(task)

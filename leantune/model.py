@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from leantune.errors import LeantuneError
+from leantune.problem import ProblemType
 
 # Any one of these makes a directory's tokenizer; without them transformers builds an empty one silently.
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
@@ -30,8 +31,9 @@ def load_tokenizer(name: str) -> Any:
     return tok
 
 
-def load_model(name: str, label_names: tuple[str, ...] | None = None, quiet: bool = False) -> Any:
-    """`AutoModelForSequenceClassification` with the label names (None: one regression output).
+def load_model(name: str, problem: ProblemType | tuple[str, ...] | None = None, quiet: bool = False) -> Any:
+    """`AutoModelForSequenceClassification` with the head `problem` asks for (a ProblemType; a tuple of label
+    names: single-label; None: one regression output).
 
     When the checkpoint has no classification head (a plain encoder), transformers creates one at
     random; that is expected before fine-tuning, and said here in one line.
@@ -41,13 +43,9 @@ def load_model(name: str, label_names: tuple[str, ...] | None = None, quiet: boo
     from transformers.utils import logging as hf_logging
 
     _check_exists(name)
-    kwargs: dict[str, Any] = {"num_labels": 1 if label_names is None else len(label_names)}
-    if label_names is None:
-        kwargs["problem_type"] = "regression"
-    else:
-        kwargs["id2label"] = dict(enumerate(label_names))
-        kwargs["label2id"] = {n: i for i, n in enumerate(label_names)}
-        kwargs["problem_type"] = "single_label_classification"
+    if not isinstance(problem, ProblemType):
+        problem = ProblemType.of_labels(problem)
+    kwargs = problem.model_kwargs()
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # we say it in one line below instead of a table
     try:

@@ -112,6 +112,17 @@ def regression_scatter(gold: Sequence[float], predicted: Sequence[float]) -> byt
     return png(fig)
 
 
+def per_label_f1(names: Sequence[str], f1: Sequence[float], support: Sequence[int]) -> bytes:
+    """Multi-label: each class's F1 on the last evaluation (bars), its gold count in the tick label."""
+    fig, (ax,) = new_figure(max(6.0, 0.32 * len(names) + 2), 4)
+    ax.bar(range(len(names)), f1, color="tab:blue", alpha=0.8)
+    ax.set_xticks(range(len(names)), [f"{n} ({s})" for n, s in zip(names, support)], rotation=70, ha="right",
+                  fontsize="small")
+    ax.set(ylim=(0, 1), ylabel="F1", title=f"per-class F1 ({len(names)} classes; gold count in brackets)")
+    ax.grid(alpha=0.3, axis="y")
+    return png(fig)
+
+
 def length_histogram(counts: dict[int, int], title: str) -> bytes:
     """Histogram of tokenized lengths (one bar per length when under 100 lengths apart, else binned)."""
     fig, (ax,) = new_figure(10, 3.4)

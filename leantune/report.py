@@ -19,8 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from leantune.errors import LeantuneError
 
 CONFIG_FILE = "leantune_config.json"  # the same name as leantune.run.CONFIG_FILE (run imports this module)
@@ -55,14 +53,7 @@ def save_eval_predictions(out: Path, last_eval: dict[str, Any], raw: Any, info: 
         rec: dict[str, Any] = {"idx": cols["idx"][i] if "idx" in cols else i,
                                "texts": [cols[c][i] for c in info.text_columns]}
         gold = None if pred.label_ids is None else pred.label_ids[i]
-        if info.is_regression:
-            rec.update(gold=None if gold is None else float(gold), predicted=float(logits[i, 0]), confidence=None)
-        else:
-            p = np.exp(logits[i] - logits[i].max())
-            p /= p.sum()
-            k = int(p.argmax())
-            rec.update(gold=None if gold is None else info.label_names[int(gold)], predicted=info.label_names[k],
-                       confidence=round(float(p[k]), 6))
+        rec.update(info.problem.example_record(logits[i], gold))
         lines.append(json.dumps(rec))
     _write_text(out / "eval_predictions.jsonl", "\n".join(lines) + "\n")
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from leantune import plots
 from leantune.htmlreport import esc, fmt, image, note, page, section, table
+from leantune.problem import ProblemType
 from leantune.report import WORST_SHOWN, RunData, higher_is_better, main_metric_key
 
 # ---------------------------------------------------------------- one run ---------------------------
@@ -36,8 +37,8 @@ def run_page(run: RunData, out_dir: Path) -> str:
 def _subtitle(run: RunData) -> str:
     data, cfg = run.config.get("data") or {}, run.config
     source = data.get("task") or data.get("train_file") or "?"
-    labels = ", ".join(cfg.get("labels") or []) or "regression"
-    return (f"model <b>{esc(data.get('model', '?'))}</b> · data <b>{esc(source)}</b> · labels {esc(labels)} · "
+    labels = ProblemType.of_record(cfg.get("problem") or cfg).describe()
+    return (f"model <b>{esc(data.get('model', '?'))}</b> · data <b>{esc(source)}</b> · {esc(labels)} · "
             f"{len(run.evaluations)} evaluation(s), {(run.train or {}).get('step', '?')} steps")
 
 
@@ -65,17 +66,24 @@ def _prediction_sections(run: RunData, out_dir: Path) -> list[str]:
     preds = [p for p in run.predictions or [] if p.get("gold") is not None]
     if not preds:
         return [section("Predictions", note("No eval_predictions.jsonl in this run (no evaluation)."))]
-    if isinstance(preds[0]["gold"], str):  # classification: label names
-        names = list(run.config.get("labels") or sorted({p["gold"] for p in preds} | {p["predicted"] for p in preds}))
-        ids = {n: i for i, n in enumerate(names)}
-        img = image(out_dir, "confusion_matrix.png",
-                    plots.confusion_matrix([ids[p["gold"]] for p in preds], [ids[p["predicted"]] for p in preds], names),
-                    "confusion matrix of the last evaluation")
-        wrong = sorted((p for p in preds if p["gold"] != p["predicted"]), key=lambda p: -p["confidence"])
-        return [section("Confusion matrix (last evaluation)", img),
-                section("Worst misclassified dev examples",
-                        note(f"{len(wrong)} of {len(preds)} misclassified; the most confident mistakes first."),
-                        _worst_table(run, wrong[:WORST_SHOWN]))]
+    problem = ProblemType.of_record(run.config.get("problem") or run.config)  # what the run solved
+    return _FIGURES[problem.figure](run, problem, preds, out_dir)
+
+
+def _confusion(run: RunData, problem: ProblemType, preds: list[dict[str, Any]], out_dir: Path) -> list[str]:
+    names = list(problem.label_names or sorted({p["gold"] for p in preds} | {p["predicted"] for p in preds}))
+    ids = {n: i for i, n in enumerate(names)}
+    img = image(out_dir, "confusion_matrix.png",
+                plots.confusion_matrix([ids[p["gold"]] for p in preds], [ids[p["predicted"]] for p in preds], names),
+                "confusion matrix of the last evaluation")
+    wrong = sorted((p for p in preds if p["gold"] != p["predicted"]), key=lambda p: -p["confidence"])
+    return [section("Confusion matrix (last evaluation)", img),
+            section("Worst misclassified dev examples",
+                    note(f"{len(wrong)} of {len(preds)} misclassified; the most confident mistakes first."),
+                    _worst_table(run, wrong[:WORST_SHOWN]))]
+
+
+def _scatter(run: RunData, problem: ProblemType, preds: list[dict[str, Any]], out_dir: Path) -> list[str]:
     img = image(out_dir, "predictions_scatter.png",
                 plots.regression_scatter([p["gold"] for p in preds], [p["predicted"] for p in preds]),
                 "predicted versus gold")
@@ -83,6 +91,26 @@ def _prediction_sections(run: RunData, out_dir: Path) -> list[str]:
     return [section("Predictions (last evaluation)", img),
             section("Largest errors on the dev set", note("Largest absolute error first."),
                     _worst_table(run, worst[:WORST_SHOWN]))]
+
+
+def _per_label(run: RunData, problem: ProblemType, preds: list[dict[str, Any]], out_dir: Path) -> list[str]:
+    names = problem.label_names
+    gold = np.array([[n in p["gold"] for n in names] for p in preds])
+    hit = np.array([[n in p["predicted"] for n in names] for p in preds])
+    tp, fp, fn = (gold & hit).sum(0), (~gold & hit).sum(0), (gold & ~hit).sum(0)
+    f1 = np.divide(2 * tp, 2 * tp + fp + fn, out=np.zeros(len(names)), where=(2 * tp + fp + fn) > 0)
+    img = image(out_dir, "per_label_f1.png", plots.per_label_f1(names, f1.tolist(), gold.sum(0).tolist()),
+                "per-class F1 of the last evaluation")
+    wrong = sorted((p for p in preds if set(p["gold"]) != set(p["predicted"])),
+                   key=lambda p: -len(set(p["gold"]) ^ set(p["predicted"])))
+    rows = [{**p, "gold": ", ".join(p["gold"]), "predicted": ", ".join(p["predicted"])} for p in wrong[:WORST_SHOWN]]
+    return [section("Per-class F1 (last evaluation)", img),
+            section("Dev examples with the most wrong labels",
+                    note(f"{len(wrong)} of {len(preds)} with a label set not exactly right; most wrong labels first."),
+                    _worst_table(run, rows))]
+
+
+_FIGURES = {"confusion_matrix": _confusion, "scatter": _scatter, "per_label_f1": _per_label}
 
 
 def _worst_table(run: RunData, rows: list[dict[str, Any]]) -> str:

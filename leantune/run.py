@@ -18,15 +18,15 @@ import numpy as np
 from accelerate.utils import set_seed
 
 from leantune.checkpoint import checkpoint_dirs, remove_checkpoints, resolve_checkpoint
+from leantune.collate import has_labels
 from leantune.config import DataArguments, TrainingArguments, save_config
 from leantune.data import DataInfo, load_data, tokenize
 from leantune.errors import LeantuneError
-from leantune.metrics import build_compute_metrics
 from leantune.model import load_model, load_tokenizer
+from leantune.problem import ProblemType
 from leantune.report import finish_run
 from leantune.runlog import write_json_atomic
 from leantune.speed.process import process_line, process_tuning
-from leantune.tasks import get_task
 from leantune.trainer import PredictionOutput, Trainer, TrainOutput
 
 CONFIG_FILE = "leantune_config.json"
@@ -59,14 +59,18 @@ def _can_create_in(directory: Path) -> bool:
     return True
 
 
-def prepare(data_args: DataArguments, label_names: tuple[str, ...] | None = None):
-    """Load and tokenize the data; returns (tokenized splits, DataInfo, tokenizer, raw splits).
+def prepare(data_args: DataArguments, problem: ProblemType | None = None):
+    """Load and tokenize the data; returns (tokenized splits, DataInfo, tokenizer, raw splits). `problem`: a
+    trained model's (its classes and their order), else the data's and the flags'.
 
     Row i of a tokenized split is row i of the raw one (the run report shows the raw texts).
     """
     d = data_args
+    names = problem.label_names if problem is not None and not problem.is_regression else d.label_name_list()
+    kind = problem.kind if problem is not None else d.problem_type
     dsd, info = load_data(d.task, d.data_dir, d.train_file, d.validation_file, d.test_file,
-                          d.text_columns or None, d.label_column, label_names)
+                          d.text_columns or None, d.label_column, names or None, kind, d.label_delimiter,
+                          d.column_names or None)
     tokenizer = load_tokenizer(d.model)
     tokenized = tokenize(dsd, tokenizer, info.text_columns, d.max_length or None,
                          d.preprocessing_num_workers or None, d.cache_dir)
@@ -95,13 +99,12 @@ def train(data_args: DataArguments, args: TrainingArguments) -> tuple[TrainOutpu
     if args.eval_strategy != "no" and not evals:
         raise LeantuneError("no validation data to evaluate on: give --validation-file, or --eval-strategy no")
     if args.metric_for_best_model is None and info.task:
-        args.metric_for_best_model = get_task(info.task).main_metric
+        args.metric_for_best_model = info.problem.main_metric(info.task)
     set_seed(args.seed)  # before the new classification head is drawn: --seed fixes its init too
-    model = load_model(data_args.model, info.label_names)
+    model = load_model(data_args.model, info.problem)
     trainer = Trainer(model, args, train_dataset=dsd["train"],
                       eval_dataset=next(iter(evals.values())) if len(evals) == 1 else (evals or None),
-                      processing_class=tokenizer,
-                      compute_metrics=build_compute_metrics(info.task, info.num_labels, info.is_regression))
+                      processing_class=tokenizer, compute_metrics=info.problem.compute_metrics(info.task))
     fresh = checkpoint is None and args.overwrite_output_dir and trainer.accelerator.is_main_process
     # a fresh run: the replaced run's checkpoints must not be resumed from or rotated with this one's
     if fresh and (removed := remove_checkpoints(out)):
@@ -109,8 +112,9 @@ def train(data_args: DataArguments, args: TrainingArguments) -> tuple[TrainOutpu
     result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(str(out))  # every process: it writes on the main one, then all wait for it
     if trainer.accelerator.is_main_process:
-        save_config(out / CONFIG_FILE, training=args, data=data_args, labels=list(info.label_names or []),
-                    text_columns=list(info.text_columns), environment=environment(), speed=trainer.speed_report())
+        save_config(out / CONFIG_FILE, training=args, data=data_args, labels=list(info.problem.label_names),
+                    problem=info.problem.as_record(), text_columns=list(info.text_columns),
+                    environment=environment(), speed=trainer.speed_report())
         finish_run(out, trainer, dsd, raw, info)  # eval_predictions.jsonl, lengths.json, report.html
     trainer.log.info(f"saved the model to {out}; metrics in {out / 'metrics.json'}")
     return result, trainer
@@ -125,15 +129,13 @@ def _trained(data_args: DataArguments, args: TrainingArguments) -> tuple[Trainer
     from transformers import AutoConfig
 
     load_tokenizer(data_args.model)  # checks the path first, with our message
-    config = AutoConfig.from_pretrained(data_args.model)
-    names = None if config.num_labels == 1 else tuple(config.id2label[i] for i in range(config.num_labels))
-    dsd, info, tokenizer, _ = prepare(data_args, label_names=names)
-    if info.num_labels != config.num_labels:
-        raise LeantuneError(f"--model {data_args.model} has {config.num_labels} outputs but the data has "
-                            f"{info.num_labels} labels {list(info.label_names or [])}")
-    model = load_model(data_args.model, names, quiet=False)
-    trainer = Trainer(model, args, processing_class=tokenizer,
-                      compute_metrics=build_compute_metrics(info.task, info.num_labels, info.is_regression))
+    problem = ProblemType.of_model(AutoConfig.from_pretrained(data_args.model))
+    dsd, info, tokenizer, _ = prepare(data_args, problem)
+    if info.problem != problem:
+        raise LeantuneError(f"--model {data_args.model} is a {problem.kind} model with {problem.num_labels} outputs "
+                            f"but the data is {info.problem.kind} with labels {list(info.problem.label_names)}")
+    model = load_model(data_args.model, problem, quiet=False)
+    trainer = Trainer(model, args, processing_class=tokenizer, compute_metrics=problem.compute_metrics(info.task))
     trainer.log.info(f"process: {process_line()}")  # after the input checks: a bad input still gets one line
     return trainer, info, dsd
 
@@ -147,7 +149,11 @@ def _split(dsd: Any, split: str) -> Any:
 def evaluate(data_args: DataArguments, args: TrainingArguments, split: str = "validation",
              write: bool = False) -> dict[str, float]:
     trainer, _, dsd = _trained(data_args, args)
-    metrics = trainer.evaluate(_split(dsd, split))
+    ds = _split(dsd, split)
+    if not has_labels(ds):
+        raise LeantuneError(f"--split {split}: has no labels to evaluate against (an unlabelled test split); "
+                            f"`leantune predict` writes its predictions")
+    metrics = trainer.evaluate(ds)
     trainer.log.info(" ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
     if write and trainer.accelerator.is_main_process:
         out = Path(args.output_dir)
@@ -165,7 +171,7 @@ def predict(data_args: DataArguments, args: TrainingArguments, split: str = "tes
     if not trainer.accelerator.is_main_process:
         return result
     out.mkdir(parents=True, exist_ok=True)
-    write_predictions(out, result.predictions, info, ds["idx"] if "idx" in ds.column_names else None)
+    write_predictions(out, result.predictions, info.problem, ds["idx"] if "idx" in ds.column_names else None)
     if result.label_ids is not None:
         write_json_atomic(out / "predict_metrics.json", result.metrics)
         trainer.log.info(" ".join(f"{k}={v:.4f}" for k, v in result.metrics.items() if isinstance(v, float)))
@@ -175,20 +181,11 @@ def predict(data_args: DataArguments, args: TrainingArguments, split: str = "tes
     return result
 
 
-def write_predictions(out: Path, logits: np.ndarray, info: DataInfo, index: list[int] | None) -> None:
-    """predictions.tsv in GLUE's submission format (index, label name) and probabilities.tsv."""
+def write_predictions(out: Path, logits: np.ndarray, problem: ProblemType, index: list[int] | None) -> None:
+    """predictions.tsv (index, the prediction in the data's labels) and, for classes, probabilities.tsv."""
     index = list(range(len(logits))) if index is None else list(index)
-    if info.is_regression:
-        rows = [f"{i}\t{v:.6f}" for i, v in zip(index, logits[:, 0])]
-        _write_lines(out / "predictions.tsv", ["index\tprediction", *rows])
-        return
-    names = info.label_names
-    probs = np.exp(logits - logits.max(-1, keepdims=True))
-    probs /= probs.sum(-1, keepdims=True)
-    _write_lines(out / "predictions.tsv",
-                 ["index\tprediction", *(f"{i}\t{names[k]}" for i, k in zip(index, probs.argmax(-1)))])
-    _write_lines(out / "probabilities.tsv", ["index\t" + "\t".join(names),
-                 *(f"{i}\t" + "\t".join(f"{p:.6f}" for p in row) for i, row in zip(index, probs))])
+    for name, lines in problem.prediction_files(logits, index).items():
+        _write_lines(out / name, lines)
 
 
 def _write_lines(path: Path, lines: list[str]) -> None:

@@ -8,19 +8,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from leantune.problem import ProblemType
+
 
 class HasLabels:
-    """`is_regression` and `num_labels` for anything with `label_names` (None: one regression output)."""
+    """The ProblemType of anything with `label_names` (None: one regression output)."""
 
     label_names: tuple[str, ...] | None
 
     @property
-    def is_regression(self) -> bool:
-        return self.label_names is None
+    def problem(self) -> ProblemType:
+        return ProblemType.of_labels(self.label_names)
 
     @property
     def num_labels(self) -> int:
-        return 1 if self.label_names is None else len(self.label_names)
+        return self.problem.num_labels
 
 
 @dataclass(frozen=True)

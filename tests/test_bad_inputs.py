@@ -131,6 +131,16 @@ def _previous_run(ctx: Ctx) -> str:
     return str(out)
 
 
+def _parquet(labels: list) -> bytes:
+    import io
+
+    import pandas as pd
+
+    buf = io.BytesIO()
+    pd.DataFrame({"text": [f"t{i}" for i in range(len(labels))], "label": labels}).to_parquet(buf)
+    return buf.getvalue()
+
+
 def _disk_full(*a, **k) -> None:
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
@@ -168,12 +178,35 @@ CASES = [
          lambda c: ["--model", c.model, "--task", "mrpc", "--data-dir", _glue_dir(c, "0.5"), "--output-dir", c.out,
                     "--eval-strategy", "no"],
          "train.tsv: labels outside mrpc's label set ['not_equivalent', 'equivalent'] on lines 3"),
-    Case("class id far too large", lambda c: _data(c, "big.csv", CSV_OK + "x,y,99999999999\n"),
-         "big.csv: column 'label': class id 99999999999 is too large (at most 9999)"),
-    Case("negative class id", lambda c: _data(c, "neg.csv", CSV_OK + "x,y,-1\n"),
-         "neg.csv: column 'label': class ids must be >= 0, found -1"),
-    Case("a list as a label", lambda c: _data(c, "list.jsonl", '{"text": "a", "label": 1}\n{"text": "b", "label": [0]}\n'),
-         "list.jsonl: column 'label' holds lists or objects on rows 2"),
+    Case("more classes than any classifier", lambda c: _data(c, "many.csv", "text,label\n" + "".join(
+             f"t,{i}\n" for i in range(10_001))), "many.csv: column 'label' has 10,001 distinct labels, too many classes"),
+    Case("lists mixed with single labels",
+         lambda c: _data(c, "list.jsonl", '{"text": "a", "label": 1}\n{"text": "b", "label": [0]}\n'),
+         "list.jsonl: column 'label' mixes lists (multi-label) and single labels; lists on rows 2"),
+    Case("an object as a label", lambda c: _data(c, "obj.jsonl", '{"text": "a", "label": 1}\n{"text": "b", "label": {"x": 0}}\n'),
+         "obj.jsonl: column 'label' holds objects on rows 2"),
+    Case("every data row one field longer than the header",  # pandas would shift the columns by one
+         lambda c: _data(c, "shifted.tsv", "sentence1\tsentence2\tlabel\na\tb\t1\tx\nc\td\t0\ty\n"),
+         "shifted.tsv: line 2 has 4 fields but the header has 3 (sentence1, sentence2, label)"),
+    Case("a column name twice", lambda c: _data(c, "twice.csv", "text,label,label\na,1,0\nb,0,1\n"),
+         "twice.csv: column 'label' appears more than once in the header (columns 2, 3)"),
+    Case("null string label (JSONL)",
+         lambda c: _data(c, "null.jsonl", '{"text": "a", "label": "pos"}\n{"text": "b", "label": null}\n'
+                                          '{"text": "c", "label": "neg"}\n'),
+         "null.jsonl: column 'label' is empty on rows 2"),
+    Case("label key missing (JSONL)",
+         lambda c: _data(c, "nokey.jsonl", '{"text": "a", "label": "pos"}\n{"text": "b"}\n{"text": "c", "label": "neg"}\n'),
+         "nokey.jsonl: column 'label' is empty on rows 2"),
+    Case("null label (Parquet)", lambda c: _data(c, "null.parquet", _parquet(["pos", None, "neg"])),
+         "null.parquet: column 'label' is empty on rows 2"),
+    Case("a single class", lambda c: _data(c, "one.csv", "text,label\na,pos\nb,pos\n"),
+         "one.csv: column 'label' has a single class ('pos') in every row: a classifier needs at least two"),
+    Case("--max-length below the special tokens", lambda c: _train(c, "--max-length", "1"),
+         "--max-length 1: at least 5 tokens are needed"),
+    Case("evaluate an unlabelled split",
+         lambda c: ["--model", str(c.run), "--test-file", c.file("t.csv", "sentence1,sentence2\na,b\nc,d\n"),
+                    "--split", "test"],
+         "--split test: has no labels to evaluate against", command="evaluate", early=False),
     Case("broken JSON line", lambda c: _data(c, "bad.jsonl", '{"text": "a", "label": 1}\n{"text": \n'),
          "bad.jsonl: cannot parse as JSONL"),
     Case("a directory as the file", lambda c: _train(c, train=str(c.copy(Path(c.model), "dir.csv"))),
@@ -190,6 +223,16 @@ CASES = [
     Case("unknown task", lambda c: ["--model", c.model, "--task", "mrcp", "--output-dir", c.out], "unknown task 'mrcp'"),
     # ---- flags
     Case("batch size 0", lambda c: _train(c, "--batch-size", "0"), "--per-device-train-batch-size must be >= 1, got 0"),
+    Case("a flag value of the wrong type", lambda c: _train(c, "--lr", "abc"),
+         "argument --learning-rate/--lr: invalid float value: 'abc'"),
+    Case("an unknown flag", lambda c: _train(c, "--bogus-flag", "1"), "unrecognized arguments: --bogus-flag 1"),
+    Case("--save-steps with --save-strategy no", lambda c: _train(c, "--save-steps", "8", "--save-strategy", "no"),
+         "--save-steps 8 has no effect with --save-strategy no"),
+    Case("--eval-steps with --eval-strategy epoch",
+         lambda c: _train(c, "--eval-steps", "8", "--eval-strategy", "epoch"),
+         "--eval-steps 8 has no effect with --eval-strategy epoch"),
+    Case("--save-total-limit without saving", lambda c: _train(c, "--save-total-limit", "2"),
+         "--save-total-limit 2 has no effect: no checkpoints are saved"),
     Case("negative learning rate", lambda c: _train(c, "--lr", "-1"), "--learning-rate must be >= 0, got -1.0"),
     Case("NaN epochs", lambda c: _train(c, "--epochs", "nan"), "--num-train-epochs must be >= 0, got nan"),
     Case("save steps 0", lambda c: _train(c, "--save-strategy", "steps", "--save-steps", "0"),

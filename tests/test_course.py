@@ -99,3 +99,70 @@ def test_chapter_3_manual_adamw_step(tiny_bert):
     optimizer.step()
     assert torch.isfinite(loss)
     assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+
+
+def test_chapter_3_full_training_loop(mrpc_dir, tiny_bert):
+    """The course's "A full training" section: a plain PyTorch loop, then its evaluation loop with
+    metric.add_batch(...) per batch and metric.compute() at the end."""
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_scheduler
+
+    import leantune.metrics as evaluate
+    from leantune import AdamW, DataCollatorWithPadding, load_dataset
+
+    raw_datasets = load_dataset("glue", "mrpc", data_dir=mrpc_dir)
+    raw_datasets = DatasetDict({k: v.select(range(64)) for k, v in raw_datasets.items()})  # data source: a slice
+    checkpoint = tiny_bert
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+
+    def tokenize_function(example):
+        return tokenizer(example["sentence1"], example["sentence2"], truncation=True)
+
+    tokenized_datasets = raw_datasets.map(tokenize_function, batched=True)
+    data_collator = DataCollatorWithPadding(tokenizer=tokenizer)
+
+    tokenized_datasets = tokenized_datasets.remove_columns(["sentence1", "sentence2", "idx"])
+    tokenized_datasets = tokenized_datasets.rename_column("label", "labels")
+    tokenized_datasets.set_format("torch")
+    train_dataloader = DataLoader(tokenized_datasets["train"], shuffle=True, batch_size=8, collate_fn=data_collator)
+    eval_dataloader = DataLoader(tokenized_datasets["validation"], batch_size=8, collate_fn=data_collator)
+
+    model = AutoModelForSequenceClassification.from_pretrained(checkpoint, num_labels=2)
+    optimizer = AdamW(model.parameters(), lr=5e-5)
+    num_epochs = 3
+    num_training_steps = num_epochs * len(train_dataloader)
+    lr_scheduler = get_scheduler("linear", optimizer=optimizer, num_warmup_steps=0,
+                                 num_training_steps=num_training_steps)
+    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    model.to(device)
+    progress_bar = tqdm(range(num_training_steps))
+    model.train()
+    for epoch in range(num_epochs):
+        for batch in train_dataloader:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            outputs = model(**batch)
+            loss = outputs.loss
+            loss.backward()
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad()
+            progress_bar.update(1)
+
+    metric = evaluate.load("glue", "mrpc")
+    model.eval()
+    all_predictions = []
+    for batch in eval_dataloader:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with torch.no_grad():
+            outputs = model(**batch)
+        logits = outputs.logits
+        predictions = torch.argmax(logits, dim=-1)
+        metric.add_batch(predictions=predictions, references=batch["labels"])
+        all_predictions.append(predictions)
+    result = metric.compute()
+
+    preds = torch.cat(all_predictions).numpy()
+    gold = np.array(raw_datasets["validation"]["label"])
+    assert set(result) == {"accuracy", "f1"} and result["accuracy"] == np.mean(preds == gold)
+    assert result == metric.compute(predictions=preds, references=gold)  # the batches were kept, then cleared
