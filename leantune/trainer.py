@@ -109,11 +109,12 @@ class Trainer(EvaluationLoop):
         self._graphs = can_use_cuda_graphs(self.args.cuda_graphs, self.accelerator, self.args.torch_compile)
         # CUDA graphs want few distinct shapes: batch lengths in steps of GraphedStep's bucket
         bucket = BUCKET if self._graphs else None
-        # training batches may be packed (speed/packing.py) unless the given collator makes batches of its own
-        self._own_collator = data_collator is None or replaces(data_collator)
+        self._own_collator = False
         self.data_collator = data_collator or DataCollatorWithPadding(
             self.processing_class, pad_token_id=None if self.processing_class else self._pad_id,
             pad_to_multiple_of=self.args.pad_to_multiple_of or bucket)
+        # training batches may be packed (speed/packing.py) where this collator's would be plain right padding
+        self._own_collator = replaces(self.data_collator)
         self.compute_metrics = compute_metrics
         self.global_step, self.epoch = 0, 0.0
         self.log = RunLog(self.args.output_dir, enabled=self.accelerator.is_main_process,

@@ -68,11 +68,22 @@ def test_packed_attention_equals_attention_within_each_sequence(window: int | No
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_packed_attention_applies_the_dropout_it_is_given() -> None:
-    q = torch.randn(1, 2, 5, 4)
-    cu = torch.tensor([0, 2, 5], dtype=torch.int32)
-    out = packed_attention(q, q, q, None, None, cu, 3, dropout=torch.zeros_like)
-    assert out.abs().max() == 0
+def test_packed_attention_in_training_applies_the_dropout_to_each_sequences_probabilities() -> None:
+    # the training path (scores, mask, softmax, then the caller's dropout): with a "dropout" that doubles the
+    # probabilities, the output is twice attention within each sequence
+    packed, alone, _, _ = _attention_both_ways(None)
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 10, 4, generator=g, requires_grad=True) for _ in range(3))
+    cu = torch.tensor([0, 3, 8, 10], dtype=torch.int32)
+    seen: list[torch.Tensor] = []
+
+    def double(p: torch.Tensor) -> torch.Tensor:
+        seen.append(p)
+        return p * 2
+
+    out = packed_attention(q, k, v, None, None, cu, 5, dropout=double)
+    torch.testing.assert_close(out, 2 * alone.detach(), rtol=1e-5, atol=1e-6)
+    assert seen[0].shape == (3, 2, 5, 5)  # one (longest x longest) block per sequence, as in the padded batch
 
 
 def _tiny(attn: str = "sdpa", **config) -> BertForSequenceClassification:
@@ -84,7 +95,13 @@ def _tiny(attn: str = "sdpa", **config) -> BertForSequenceClassification:
 
 
 def test_proof_refuses_what_it_cannot_prove() -> None:
+    from transformers import ModernBertConfig, ModernBertForSequenceClassification
+
     assert packing.why_not(_tiny()) is None
+    modern = ModernBertForSequenceClassification(ModernBertConfig(
+        vocab_size=120, hidden_size=16, num_hidden_layers=3, num_attention_heads=2, intermediate_size=32,
+        pad_token_id=0, classifier_pooling="cls"))
+    assert "sliding-window" in packing.why_not(modern)
     assert "SDPA only" in packing.why_not(_tiny("eager"))
     assert "hidden states" in packing.why_not(_tiny(output_hidden_states=True))
     model = _tiny()
@@ -141,6 +158,27 @@ def test_trainer_packs_by_default_and_says_so(tiny_bert: str, toy_train, tmp_pat
 class AddsAKey(DataCollatorWithPadding):
     def __call__(self, features):
         return {**super().__call__(features), "note": torch.zeros(1)}
+
+
+def test_rows_padded_in_the_dataset_are_trimmed_and_left_padding_is_refused() -> None:
+    right = Dataset.from_list([{"input_ids": [101, 5, 102, 0, 0], "attention_mask": [1, 1, 1, 0, 0], "label": 0},
+                               {"input_ids": [101, 6, 7, 102, 0], "attention_mask": [1, 1, 1, 1, 0], "label": 1}])
+    assert packing.padding_problem(right) is None
+    batch = PackedCollator()(list(right))
+    assert batch["input_ids"].tolist() == [[101, 5, 102, 101, 6, 7, 102]] and batch["cu_seq_lens_q"].tolist() == [0, 3, 7]
+    left = Dataset.from_list([{"input_ids": [101, 5], "attention_mask": [1, 1], "label": 0},
+                              {"input_ids": [0, 101, 6], "attention_mask": [0, 1, 1], "label": 1}])
+    assert "training row 1 has padding before its end" in packing.padding_problem(left)
+
+
+def test_a_left_padding_tokenizer_keeps_padded_batches(tiny_bert: str, toy_train, tmp_path) -> None:
+    ds, _ = toy_train
+    tok = AutoTokenizer.from_pretrained(tiny_bert, padding_side="left")
+    args = TrainingArguments(str(tmp_path), max_steps=1, use_cpu=True, disable_tqdm=True, eval_strategy="no")
+    trainer = Trainer(AutoModelForSequenceClassification.from_pretrained(tiny_bert), args, train_dataset=ds,
+                      processing_class=tok)
+    trainer.train()
+    assert not trainer.speed["packed_batches"].applied
 
 
 @pytest.mark.parametrize("collator, packed", [

@@ -44,8 +44,9 @@ SAVED = ["bert", "roberta", "xlm-roberta", "electra", "albert", "distilbert", "d
 # bert-meanpool: BERT with a mean-pooling pooler, rebuilt on top of the saved "bert" (custom modules are not saved).
 FAMILIES = [*SAVED, "bert-meanpool"]
 
-# MPNet and DeBERTa-v2 compute attention in their own code; mean pooling reads more than [CLS]
-NOT_PACKED = {"mpnet", "deberta-v2", "modernbert-mean", "bert-meanpool"}
+# MPNet and DeBERTa-v2 compute attention in their own code; ModernBERT has sliding-window layers; mean pooling
+# reads more than [CLS]
+NOT_PACKED = {"mpnet", "deberta-v2", "modernbert-cls", "modernbert-mean", "bert-meanpool"}
 SPEED_OFF = {"compact_embeddings": False, "cls_only_last_layer": False, "fast_dropout": False,
              "packed_batches": False}
 

@@ -56,28 +56,22 @@ def _attention_parts(attn: nn.Module, q: str, k: str, v: str, heads: str) -> tup
     return getattr(attn, q), getattr(attn, k), getattr(attn, v), int(getattr(attn, heads))
 
 
-def _first(hidden: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
-    """(batch, 1, width): position 0 of each row, or of a packed row (1, T, width) the tokens at `rows`."""
-    return hidden[:, :1] if rows is None else hidden[0, rows].unsqueeze(1)
-
-
 def _forward_bert(layer: nn.Module, hidden: torch.Tensor, mask: torch.Tensor | None, *args: Any,
-                  rows: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
+                  **kwargs: Any) -> torch.Tensor:
     """BertLayer (also RoBERTa, XLM-R, ELECTRA) for position 0."""
     attn = layer.attention.self
     context = _cls_attention(attn, *_attention_parts(attn, "query", "key", "value", "num_attention_heads"),
-                             hidden, mask, rows=rows)
-    attention_output = layer.attention.output(context, _first(hidden, rows))
+                             hidden, mask)
+    attention_output = layer.attention.output(context, hidden[:, :1])
     return layer.output(layer.intermediate(attention_output), attention_output)
 
 
 def _forward_distilbert(layer: nn.Module, hidden: torch.Tensor, mask: torch.Tensor | None, *args: Any,
-                        rows: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
+                        **kwargs: Any) -> torch.Tensor:
     """DistilBERT's TransformerBlock for position 0."""
     attn = layer.attention
-    context = _cls_attention(attn, *_attention_parts(attn, "q_lin", "k_lin", "v_lin", "n_heads"), hidden, mask,
-                             rows=rows)
-    attention_output = layer.sa_layer_norm(attn.out_lin(context) + _first(hidden, rows))
+    context = _cls_attention(attn, *_attention_parts(attn, "q_lin", "k_lin", "v_lin", "n_heads"), hidden, mask)
+    attention_output = layer.sa_layer_norm(attn.out_lin(context) + hidden[:, :1])
     return layer.output_layer_norm(layer.ffn(attention_output) + attention_output)
 
 
@@ -95,7 +89,7 @@ def _forward_mpnet(layer: nn.Module, hidden: torch.Tensor, mask: torch.Tensor | 
 
 def _forward_modernbert(layer: nn.Module, hidden: torch.Tensor, mask: torch.Tensor | None, *args: Any,
                         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
-                        rows: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
+                        **kwargs: Any) -> torch.Tensor:
     """ModernBERT's encoder layer (pre-norm, fused Wqkv, rotary positions, GLU MLP) for position 0.
 
     Rotary positions turn each key by its own position, so keys cannot be folded into the query: keys and
@@ -106,28 +100,27 @@ def _forward_modernbert(layer: nn.Module, hidden: torch.Tensor, mask: torch.Tens
     from leantune.speed.fastpath import dropout as fast_dropout
     from leantune.speed.fastpath import fast_dropout_on
 
-    attn, (keys_batch, length, width) = layer.attn, hidden.shape
-    batch = keys_batch if rows is None else len(rows)  # a packed row: one query per sequence
+    attn, (batch, length, width) = layer.attn, hidden.shape
     heads, head = attn.config.num_attention_heads, attn.head_dim
     x = layer.attn_norm(hidden)
     weight = attn.Wqkv.weight.view(3, heads * head, width)
     bias = None if attn.Wqkv.bias is None else attn.Wqkv.bias.view(3, heads * head)
-    query = nn.functional.linear(_first(x, rows), weight[0], None if bias is None else bias[0])
+    query = nn.functional.linear(x[:, :1], weight[0], None if bias is None else bias[0])
     kv = nn.functional.linear(x, weight[1:].reshape(2 * heads * head, width), None if bias is None else bias[1:].reshape(-1))
-    key, value = kv.view(keys_batch, length, 2, heads, head).permute(2, 0, 3, 1, 4)  # (batch, heads, length, head)
+    key, value = kv.view(batch, length, 2, heads, head).permute(2, 0, 3, 1, 4)  # (batch, heads, length, head) each
     query = query.view(batch, 1, heads, head).transpose(1, 2)
     cos, sin = position_embeddings
-    query, _ = apply_rotary_pos_emb(query, query, _first(cos, rows), _first(sin, rows))
+    query, _ = apply_rotary_pos_emb(query, query, cos[:, :1], sin[:, :1])
     key, _ = apply_rotary_pos_emb(key, key, cos, sin)
     scores = torch.matmul(query, key.transpose(-1, -2)) * head**-0.5  # (batch, heads, 1, length)
     if mask is not None:
         scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min) if mask.dtype == torch.bool else scores + mask
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
     if attn.training and attn.attention_dropout > 0:
-        p = attn.attention_dropout  # fast_training on: its dropout stream
+        p = attn.attention_dropout  # inside fast_training: its dropout stream
         probs = fast_dropout(probs, p) if fast_dropout_on(attn) else nn.functional.dropout(probs, p, training=True)
     context = torch.matmul(probs, value).transpose(1, 2).reshape(batch, 1, heads * head)
-    out = _first(hidden, rows) + attn.out_drop(attn.Wo(context))
+    out = hidden[:, :1] + attn.out_drop(attn.Wo(context))
     return out + layer.mlp(layer.mlp_norm(out))
 
 
@@ -346,8 +339,7 @@ def _gradient_problem(model: nn.Module, params: list[nn.Parameter], full: list[t
 
 
 def _cls_attention(attn: nn.Module, q_proj: nn.Linear, k_proj: nn.Linear, v_proj: nn.Linear, heads: int,
-                   hidden: torch.Tensor, mask: torch.Tensor | None, bias: torch.Tensor | None = None,
-                   rows: torch.Tensor | None = None) -> torch.Tensor:
+                   hidden: torch.Tensor, mask: torch.Tensor | None, bias: torch.Tensor | None = None) -> torch.Tensor:
     """[CLS]'s self-attention over all positions, (batch, 1, heads * head) out, without projecting keys and values.
 
     With one query per head, q . (W_k h_j + b_k) = (W_k^T q) . h_j + q . b_k, and the context
@@ -355,16 +347,14 @@ def _cls_attention(attn: nn.Module, q_proj: nn.Linear, k_proj: nn.Linear, v_proj
     to 1). Folding W_k into the query and W_v after the weighted sum costs heads x hidden per position
     instead of hidden x hidden: the last layer's key and value projections, ~3% of MiniLM's matrix
     multiplies, forward and backward, are gone. The same maths; sums are taken in another order.
-    `bias` (batch, heads, keys) is added to the scaled scores (MPNet's relative positions). A packed row
-    (1, T, width) has one query per sequence, at `rows`; `mask` then keeps each to its own sequence.
+    `bias` (batch, heads, keys) is added to the scaled scores (MPNet's relative positions).
     """
-    width = hidden.shape[-1]
-    batch = hidden.shape[0] if rows is None else len(rows)
+    batch, _, width = hidden.shape
     head = q_proj.out_features // heads
-    query = q_proj(_first(hidden, rows)[:, 0]).view(batch, heads, head).transpose(0, 1)  # (heads, batch, head)
+    query = q_proj(hidden[:, 0]).view(batch, heads, head).transpose(0, 1)  # (heads, batch, head)
     w_k = k_proj.weight.view(heads, head, width)
-    # (batch, heads, width) @ (batch or 1, width, length): every head's scores at once
-    scores = torch.matmul(torch.bmm(query, w_k).transpose(0, 1), hidden.transpose(1, 2))
+    # (batch, heads, width) @ (batch, width, length): every head's scores at once
+    scores = torch.bmm(torch.bmm(query, w_k).transpose(0, 1), hidden.transpose(1, 2))
     if k_proj.bias is not None:  # constant over positions (softmax ignores it); kept for the same scores
         scores = scores + (query * k_proj.bias.view(heads, 1, head)).sum(-1).t().unsqueeze(-1)
     scores = scores * getattr(attn, "scaling", head**-0.5)
@@ -375,7 +365,7 @@ def _cls_attention(attn: nn.Module, q_proj: nn.Linear, k_proj: nn.Linear, v_proj
         scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min) if mask.dtype == torch.bool else scores + mask
     # the attention's own dropout module: fast_training swaps in its FastDropout, so the fast stream follows
     probs = attn.dropout(torch.softmax(scores, dim=-1))
-    pooled = torch.matmul(probs, hidden).transpose(0, 1)  # (heads, batch, width): sum_j p_j h_j
+    pooled = torch.bmm(probs, hidden).transpose(0, 1)  # (heads, batch, width): sum_j p_j h_j
     context = torch.bmm(pooled, v_proj.weight.view(heads, head, width).transpose(1, 2))
     if v_proj.bias is not None:
         context = context + probs.sum(-1).t().unsqueeze(-1) * v_proj.bias.view(heads, 1, head)
@@ -408,9 +398,8 @@ def _patched(model: nn.Module) -> Iterator[None]:
                 **kwargs: Any) -> Any:
         if wants_all["on"]:
             return full_forward(layer, hidden_states, attention_mask, *args, **kwargs)
-        packed = packing.first_rows(kwargs.get("cu_seq_lens_q"), attention_mask, hidden_states.shape[1])
-        if packed is not None:  # a packed row: [CLS] is each sequence's first token, attending within it
-            return form.forward(layer, hidden_states, packed[1], *args, rows=packed[0], **kwargs)
+        if kwargs.get("cu_seq_lens_q") is not None:  # a packed row: each sequence in its own row first
+            hidden_states, attention_mask, kwargs = packing.as_rows(hidden_states, attention_mask, kwargs)
         return form.forward(layer, hidden_states, _mask_for_cls(attention_mask), *args, **kwargs)
 
     setattr(forward, _PATCH_MARK, True)

@@ -239,7 +239,7 @@ def fast_training(model: nn.Module, enabled: bool = True) -> Iterator[nn.Module]
     if not enabled:
         yield model
         return
-    token = _fast_modules.set(_fast_modules.get() | {id(m) for m in model.modules()})
+    fast_ids = {id(m) for m in model.modules()}
     swapped: list[tuple[nn.Module, str, nn.Module]] = []
     for parent in model.modules():
         for name, child in list(parent.named_children()):
@@ -252,6 +252,7 @@ def fast_training(model: nn.Module, enabled: bool = True) -> Iterator[nn.Module]
             fast.train(child.training)
             setattr(parent, name, fast)
             swapped.append((parent, name, child))
+    token = _fast_modules.set(_fast_modules.get() | fast_ids)
     try:
         with our_attention(model):
             yield model

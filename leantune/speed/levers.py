@@ -133,8 +133,8 @@ class FoldedClip:
 class PackedBatches:
     name = "packed_batches"
 
-    def __init__(self, accelerator: Any, own_collator: bool) -> None:
-        self.accelerator, self.own_collator = accelerator, own_collator
+    def __init__(self, accelerator: Any, own_collator: bool, train_dataset: Any = None) -> None:
+        self.accelerator, self.own_collator, self.dataset = accelerator, own_collator, train_dataset
         self.cls_only = False  # whether the proof covered the [CLS]-only layer too (set by applies)
 
     def applies(self, model: nn.Module, args: Any) -> Decision:
@@ -145,6 +145,13 @@ class PackedBatches:
                                    "are used as they are")
         if can_use_cuda_graphs(args.cuda_graphs, self.accelerator, args.torch_compile):
             return Decision(False, "CUDA graphs replay fixed batch shapes: padded batches (--no-cuda-graphs to pack)")
+        if args.torch_compile:
+            return Decision(False, "torch.compile would recompile for every packed length: padded batches")
+        if args.pad_to_multiple_of:
+            return Decision(False, f"--pad-to-multiple-of {args.pad_to_multiple_of} asks for padded shapes")
+        problem = packing.padding_problem(self.dataset)
+        if problem:
+            return Decision(False, f"{problem}: padded batches")
         self.cls_only = bool(args.cls_only_last_layer) and why_not(model) is None
         problem = packing.why_not(model, self.cls_only)
         if problem:
@@ -153,7 +160,7 @@ class PackedBatches:
                               "probed: the padded batch's logits and gradients")
 
     def enter(self, model: nn.Module, args: Any) -> contextlib.AbstractContextManager:
-        return packing.packed_batches(model, cls_only=self.cls_only)
+        return packing.packed_unchecked(model)  # applies() has just proven it for this model
 
 
 class GroupByLength:
@@ -192,7 +199,8 @@ def training_levers(train_dataset: Any, accelerator: Any, pad_ids: Iterable[int 
     `own_collator`: the Trainer makes the batches (no data_collator was given), so it may pack them."""
     device = accelerator.device
     return [CompactEmbeddings(train_dataset, device, pad_ids), ClsOnlyLastLayer(), FastDropout(device),
-            FoldedClip(accelerator), PackedBatches(accelerator, own_collator), GroupByLength(), CudaGraphs(accelerator)]
+            FoldedClip(accelerator), PackedBatches(accelerator, own_collator, train_dataset), GroupByLength(),
+            CudaGraphs(accelerator)]
 
 
 def decide(levers: Sequence[Lever], model: nn.Module, args: Any) -> dict[str, Decision]:

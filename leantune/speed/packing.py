@@ -57,6 +57,8 @@ class PackedCollator:
         if isinstance(features, dict):  # a column dict, as `dataset[:8]` gives it
             n = len(next(iter(features.values())))
             features = [{k: v[i] for k, v in features.items()} for i in range(n)]
+        if "attention_mask" in features[0]:  # rows padded in the dataset (on the right: `padding_problem`)
+            features = [_trimmed(f) for f in features]
         lengths = torch.tensor([len(f["input_ids"]) for f in features])
         batch: dict[str, Any] = {"input_ids": _joined(features, "input_ids")}
         if "token_type_ids" in features[0]:
@@ -72,6 +74,33 @@ class PackedCollator:
         return batch
 
 
+def _trimmed(row: dict[str, Any]) -> dict[str, Any]:
+    """A row without the padding its attention mask marks (which `padding_problem` proved is at its end)."""
+    n = int(sum(row["attention_mask"]))
+    return {k: (v[:n] if k in ("input_ids", "token_type_ids") else v) for k, v in row.items() if k != "attention_mask"}
+
+
+def padding_problem(dataset: Any) -> str | None:
+    """Whether rows of `dataset` carry padding that packing cannot drop: any whose attention mask is not ones
+    followed by zeros (padding at the end is cut away by the collator)."""
+    import numpy as np
+
+    if "attention_mask" not in getattr(dataset, "column_names", ()):
+        return None
+    col = dataset.with_format("arrow")[:]["attention_mask"].combine_chunks()
+    values = col.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
+    if values.all():
+        return None
+    offsets = col.offsets.to_numpy()
+    sums = np.concatenate([[0], np.cumsum(values)])
+    ones = sums[offsets[1:]] - sums[offsets[:-1]]  # each row's real tokens
+    prefix = sums[offsets[:-1] + ones] - sums[offsets[:-1]]  # ones among its first `ones` slots
+    bad = np.flatnonzero((prefix != ones) | ((values != 0) & (values != 1)).any())
+    if len(bad):
+        return f"training row {int(bad[0])} has padding before its end (left padding) in its attention_mask"
+    return None
+
+
 def _joined(features: Sequence[dict[str, Any]], key: str) -> torch.Tensor:
     return torch.tensor(list(itertools.chain.from_iterable(f[key] for f in features)), dtype=torch.long)[None]
 
@@ -85,9 +114,10 @@ def replaces(collator: Any) -> bool:
     from leantune.collate import DataCollatorWithPadding
 
     if type(collator) is DataCollatorWithPadding:
-        return not collator.pad_left
-    if type(collator) is HFCollator:
-        return getattr(collator.tokenizer, "padding_side", "right") == "right"
+        return not collator.pad_left and not collator.pad_to_multiple_of
+    if type(collator) is HFCollator:  # padding=True/"longest" only: "max_length" asks for fixed shapes
+        return (getattr(collator.tokenizer, "padding_side", "right") == "right" and collator.pad_to_multiple_of is None
+                and collator.padding in (True, "longest"))
     return False
 
 
@@ -178,24 +208,28 @@ def packed_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     return out.transpose(1, 2).reshape(-1, heads, dim).index_select(0, lay.index).unsqueeze(0)
 
 
-def first_rows(cu: torch.Tensor | None, attention_mask: torch.Tensor | None,
-               total: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """For a layer that computes each sequence's first token alone ([CLS]-only): the rows of those tokens in the
-    packed row, and their (B, 1, 1, T) mask: their own sequence's tokens (and what the model's own mask allows).
-    None for a call that is not packed."""
-    if cu is None:
-        return None
-    offsets = cu.long()
-    starts, ends = offsets[:-1], offsets[1:]
-    tokens = torch.arange(total, device=cu.device)[None]
-    mask = (tokens >= starts[:, None]) & (tokens < ends[:, None])
+def as_rows(hidden: torch.Tensor, attention_mask: torch.Tensor | None,
+            kwargs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """For a layer that computes each sequence's first token alone ([CLS]-only, clsonly.py): the packed row as
+    (B, longest, width) rows with their (B, 1, longest, longest) mask (the model's own mask, if any, cut to each
+    sequence), and per-token keyword tensors (rotary position embeddings) laid out the same way. Each [CLS] then
+    attends over its own sequence's `longest` slots, not over the whole packed row."""
+    total = hidden.shape[1]
+    lay = layout(kwargs["cu_seq_lens_q"], kwargs["max_length_q"], total)
+    mask = lay.keep
     if attention_mask is not None:
-        own = attention_mask.reshape(attention_mask.shape[-2], total)[starts]
-        if own.dtype == torch.bool:
-            mask = own & mask
-        else:
-            mask = own.masked_fill(~mask, torch.finfo(own.dtype).min)
-    return starts, mask.view(len(starts), 1, 1, total)
+        own = _mask_in_layout(attention_mask, lay, total)
+        mask = own & lay.keep if own.dtype == torch.bool else own.masked_fill(~lay.keep, torch.finfo(own.dtype).min)
+    per_token = {k: tuple(_rows_of(t, lay) for t in v) for k, v in kwargs.items()
+                 if isinstance(v, tuple) and v and all(torch.is_tensor(t) and t.shape[:2] == (1, total) for t in v)}
+    return _rows_of(hidden, lay), mask, {**kwargs, **per_token}
+
+
+def _rows_of(x: torch.Tensor, lay: Layout) -> torch.Tensor:
+    """(1, T, ...) -> (B, longest, ...), zeros in the padding slots."""
+    batch = lay.keep.shape[0]
+    flat = x.new_zeros(batch * lay.longest, *x.shape[2:]).index_copy(0, lay.index, x[0])
+    return flat.view(batch, lay.longest, *x.shape[2:])
 
 
 # ------------------------------------------------------------------------------------ the model, packed
@@ -248,6 +282,13 @@ def _cutting(model: nn.Module) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def packed_unchecked(model: nn.Module) -> Iterator[None]:
+    """`packed_batches` without the proof: for a caller that has just had `why_not` say yes (the lever)."""
+    with _packed_unchecked(model):
+        yield
+
+
+@contextlib.contextmanager
 def _packed_unchecked(model: nn.Module) -> Iterator[None]:
     from leantune.speed.fastpath import our_attention
 
@@ -285,6 +326,9 @@ def _structure_problem(model: nn.Module) -> str | None:
     attn = getattr(config, "_attn_implementation", None)
     if attn not in ("sdpa", "leantune_sdpa"):
         return f"attention implementation {attn!r} (SDPA only)"
+    if "sliding_attention" in (getattr(config, "layer_types", None) or ()) or getattr(config, "sliding_window", None):
+        # transformers builds a sliding window's mask over the whole packed row: (T x T), quadratic in the batch
+        return "sliding-window attention layers (their mask would span the whole packed row)"
     if _stack_end(model) is None:
         return "no encoder output found to cut back to one row per sequence"
     return None
@@ -299,7 +343,7 @@ def why_not(model: nn.Module, cls_only: bool = False) -> str | None:
     problem = _structure_problem(model)
     if problem:
         return problem
-    key = _fingerprint(model), cls_only
+    key = _fingerprint(model), cls_only, model.config.to_json_string(use_diff=False)
     cached = model.__dict__.get(_DECISION)
     if cached is not None and cached[0] == key:
         return cached[1]
