@@ -56,6 +56,8 @@ def glue_features(t: GlueTask) -> Features:
 
 def _read_glue_tsv(t: GlueTask, path: Path, is_test: bool) -> Dataset:
     rows = _read_tsv_rows(path)
+    if not rows:
+        raise LeantuneError(f"{path}: file is empty")
     has_header = t.has_header or is_test  # CoLA's test file has a header, its train/dev files do not
     header = rows[0] if has_header else []
     body = rows[1:] if has_header else rows

@@ -244,7 +244,8 @@ def _check_cells(df, texts: tuple[str, ...], label_column: str | None, path, mul
         if objects:
             raise LeantuneError(f"{path}: column {label_column!r} holds objects on rows {few(objects)}")
         lists = [i + 1 for i, v in enumerate(values) if _is_list(v)]
-        if lists and (len(lists) < len(values) or not multi):
+        singles = [v for v in values if not _is_list(v) and not _blank(v)]  # blanks are named as empty below
+        if lists and (singles or not multi):
             raise LeantuneError(f"{path}: column {label_column!r} mixes lists (multi-label) and single labels; "
                                 f"lists on rows {few(lists)}")
     if label_column:  # blank, null (JSON null, a Parquet null) or missing (a JSON line without the key)
@@ -320,6 +321,8 @@ def _class_names(labels: list[str], label_column: str, where: Any) -> tuple[str,
     if len(names) > MAX_CLASSES:
         raise LeantuneError(f"{where}: column {label_column!r} has {len(names):,} distinct labels, too many classes "
                             f"(at most {MAX_CLASSES:,}); labels with a fractional part make a regression task")
+    if not names:
+        raise LeantuneError(f"{where}: column {label_column!r} holds no label at all (every set is empty)")
     if len(names) < 2:
         raise LeantuneError(f"{where}: column {label_column!r} has a single class ({names[0]!r}) in every row: a "
                             f"classifier needs at least two")

@@ -135,16 +135,18 @@ def load_run(path: str | os.PathLike) -> RunData:
 
 
 def main_metric_key(config: dict[str, Any], evaluation: dict[str, Any]) -> str | None:
-    """The eval key to rank runs by: the GLUE task's main metric (eval_f1 for MRPC), else accuracy or
-    Pearson; with several validation splits, the first split's (eval_validation_matched_accuracy)."""
+    """The eval key to rank runs by: the run's ProblemType's main metric for its task or data (eval_f1 for MRPC,
+    accuracy, Pearson, macro-F1 for multi-label); with several validation splits, the first split's
+    (eval_validation_matched_accuracy)."""
     from leantune.plots import metric_keys
-    from leantune.tasks import get_task
+    from leantune.problem import ProblemType
 
     task = (config.get("data") or {}).get("task")
+    problem = ProblemType.of_record(config.get("problem") or config)
     try:
-        wanted = [get_task(task).main_metric] if task else ["accuracy", "pearson"]
-    except LeantuneError:
-        wanted = ["accuracy", "pearson"]
+        wanted = [problem.main_metric(task)]
+    except LeantuneError:  # a task this version does not know
+        wanted = [problem.main_metric()]
     keys = metric_keys(evaluation)
     for m in wanted:
         found = [k for k in keys if k == f"eval_{m}" or k.endswith(f"_{m}")]
