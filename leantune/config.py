@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from leantune.errors import LeantuneError
+from leantune.problem import KINDS, MULTI
 
 
 def arg(default: Any, help: str, **meta: Any) -> Any:
@@ -223,7 +224,7 @@ class DataArguments:
                                          "(default: from the labels: lists or --label-delimiter make it multi-label, "
                                          "numbers with a fractional part a regression, anything else classes; "
                                          "integer targets of a regression need it).",
-                                   choices=["single_label_classification", "regression", "multi_label_classification"])
+                                   choices=list(KINDS))
     label_delimiter: str | None = arg(None, "Labels are sets joined by this, e.g. ',' for '3,27': multi-label "
                                             "classification (JSON/Parquet lists need no delimiter).")
     label_names: str | None = arg(None, "A file with one class name per line (e.g. GoEmotions' labels.txt): the "
@@ -243,10 +244,9 @@ class DataArguments:
                     if getattr(self, n) < 0]
         if len(self.text_columns) > 2:
             problems.append(f"--text-columns takes one or two columns, got {len(self.text_columns)}")
-        kinds = ("single_label_classification", "regression", "multi_label_classification")
-        if self.problem_type is not None and self.problem_type not in kinds:
-            problems.append(f"--problem-type must be one of {', '.join(kinds)}, got {self.problem_type!r}")
-        if self.label_delimiter is not None and self.problem_type not in (None, "multi_label_classification"):
+        if self.problem_type is not None and self.problem_type not in KINDS:
+            problems.append(f"--problem-type must be one of {', '.join(KINDS)}, got {self.problem_type!r}")
+        if self.label_delimiter is not None and self.problem_type not in (None, MULTI):
             problems.append(f"--label-delimiter makes labels sets (multi-label), not --problem-type {self.problem_type}")
         if self.label_delimiter is not None and not self.label_delimiter.strip():
             problems.append("--label-delimiter: give a character that separates labels, e.g. ','")

@@ -32,7 +32,8 @@ def finish_run(out: Path, trainer: Any, dsd: Any, raw: Any, info: Any) -> None:
     """After `leantune train` saved the model: the report's inputs, then the report itself."""
     try:
         save_eval_predictions(out, trainer.last_eval, raw, info)
-        save_lengths(out, dsd["train"], trainer.args)
+        packed = trainer.speed.get("packed_batches")
+        save_lengths(out, dsd["train"], trainer.args, bool(packed and packed.applied))
         trainer.log.info(f"report: {write_report([out])}")
     except Exception as e:  # noqa: BLE001 -- the model and metrics are saved; a plot must not fail the run
         trainer.log.info(f"warning: no report ({type(e).__name__}: {e}); retry with `leantune report {out}`")
@@ -58,13 +59,14 @@ def save_eval_predictions(out: Path, last_eval: dict[str, Any], raw: Any, info: 
     _write_text(out / "eval_predictions.jsonl", "\n".join(lines) + "\n")
 
 
-def save_lengths(out: Path, train_ds: Any, args: Any) -> None:
+def save_lengths(out: Path, train_ds: Any, args: Any, packed: bool = False) -> None:
     """OUT/lengths.json: how many training examples have each token length (a histogram, not a list)."""
     from leantune.collate import lengths_of
 
     counts = Counter(lengths_of(train_ds))
     data = {"split": "train", "counts": {str(k): v for k, v in sorted(counts.items())},
-            "batch_size": args.per_device_train_batch_size, "group_by_length": args.group_by_length}
+            "batch_size": args.per_device_train_batch_size, "group_by_length": args.group_by_length,
+            "packed": packed}
     _write_text(out / "lengths.json", json.dumps(data) + "\n")
 
 

@@ -139,7 +139,9 @@ def _lengths_section(run: RunData, out_dir: Path) -> str:
         title += f"; padding waste this run {waste:.1%}"
     title += f" (plain shuffling, batch {bs}: ~{plain:.1%})"
     text = ("Padding waste = share of the padded batch tokens that were padding. "
-            + ("Batches were grouped by length." if run.lengths.get("group_by_length") else "Batches were shuffled."))
+            + ("Batches were grouped by length" if run.lengths.get("group_by_length") else "Batches were shuffled")
+            + (", packed without padding (the linear layers saw no padding; attention is per sequence)."
+               if run.lengths.get("packed") else "."))
     return section("Token lengths", image(out_dir, "lengths.png", plots.length_histogram(counts, title),
                                           "histogram of tokenized lengths"), note(text))
 

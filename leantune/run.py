@@ -66,7 +66,7 @@ def prepare(data_args: DataArguments, problem: ProblemType | None = None):
     Row i of a tokenized split is row i of the raw one (the run report shows the raw texts).
     """
     d = data_args
-    names = problem.label_names if problem is not None and not problem.is_regression else d.label_name_list()
+    names = (problem.label_names if problem is not None else ()) or d.label_name_list()
     kind = problem.kind if problem is not None else d.problem_type
     dsd, info = load_data(d.task, d.data_dir, d.train_file, d.validation_file, d.test_file,
                           d.text_columns or None, d.label_column, names or None, kind, d.label_delimiter,
