@@ -21,7 +21,8 @@ two probes on a small batch, in eval mode, must hold: moving every position but 
 output leaves the logits as they are (the head reads position 0 alone: a pooler replaced by mean pooling
 fails here), and the [CLS]-only layer gives the full layer's logits and every parameter's gradient (a
 path that is zero at init but would train differently fails here). A probe that cannot run means off. A model set to return hidden states
-or attentions is refused; a single call asking for them runs the full layer.
+or attentions is refused; a single call asking for them runs the full layer. A packed row (packing.py) is
+laid out as one row per sequence first (`packing.as_rows`), so each [CLS] attends over its own sequence.
 
     with cls_only_last_layer(model):   # patches the last layer's forward, then restores it
         logits = model(**batch).logits

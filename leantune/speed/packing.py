@@ -9,9 +9,8 @@ transformers passes through the model to its attention function untouched.
 
 Attention is confined to each sequence: `packed_attention` scatters each sequence's queries, keys and values
 into a (B, heads, longest, dim) layout, runs attention there with the padded keys masked, and gathers the
-real rows back (the model's own mask over the packed row, e.g. ModernBERT's sliding window, is gathered
-into the same layout). So attention costs what it costs for the padded batch, and everything else costs T
-tokens. At the end of the encoder the packed row is cut back to one row per sequence (each sequence's
+real rows back (a mask the model makes over the packed row is gathered into the same layout). So attention
+costs what it costs for the padded batch, and everything else costs T tokens. At the end of the encoder the packed row is cut back to one row per sequence (each sequence's
 [CLS], position 0 of its own row), so the head, the pooler and the loss see what they see for a padded
 batch, and give the same logits, loss and gradients to fp32 rounding.
 
@@ -19,7 +18,12 @@ It is switched on by proof, not by class name (`why_not`): the model must send i
 transformers' attention interface (our function is installed for the run and taken out after) with SDPA
 attention, its encoder's output must be findable (`encoder`, `transformer` or `final_norm`), and a probe on
 a small batch of unequal lengths, in eval mode, must give the padded batch's logits and every parameter's
-gradient. MPNet and DeBERTa-v2 compute attention in their own code, so they get padded batches, with a line.
+gradient (with the [CLS]-only last layer on when training will run it). Padded batches, with the reason in
+the log, for: MPNet and DeBERTa-v2 (attention in their own code); sliding-window layers (ModernBERT:
+transformers would build the window's mask over the whole packed row, quadratic in the batch's tokens);
+heads that read more than [CLS]; rows padded on the left in the dataset; a collator other than plain right
+padding; CUDA graphs, torch.compile and --pad-to-multiple-of (fixed shapes asked for). Evaluation keeps its
+length-sorted padded batches (nothing random there to preserve, and little padding).
 
     with packed_batches(model):    # our attention function and the cut at the encoder's end, then restored
         loss = model(**PackedCollator(position_offset(model))(rows)).loss
