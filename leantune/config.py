@@ -229,6 +229,8 @@ class DataArguments:
                                             "classification (JSON/Parquet lists need no delimiter).")
     label_names: str | None = arg(None, "A file with one class name per line (e.g. GoEmotions' labels.txt): the "
                                         "classes and their order; integer labels that are not names index into it.")
+    threshold: float = arg(0.5, "Multi-label: a class is predicted when its probability is above this (the "
+                                "GoEmotions paper uses 0.3); it changes predictions and metrics, not training.")
     column_names: list[str] = arg([], "The CSV/TSV files have no header row; these are their columns, e.g. "
                                       "--column-names text labels id.")
     max_length: int = arg(0, "Truncate inputs to this many tokens (0: the model's limit, at most 512).")
@@ -248,6 +250,8 @@ class DataArguments:
             problems.append(f"--problem-type must be one of {', '.join(KINDS)}, got {self.problem_type!r}")
         if self.label_delimiter is not None and self.problem_type not in (None, MULTI):
             problems.append(f"--label-delimiter makes labels sets (multi-label), not --problem-type {self.problem_type}")
+        if not 0 < self.threshold < 1:
+            problems.append(f"--threshold must be in (0, 1), got {self.threshold}")
         if self.label_delimiter is not None and not self.label_delimiter.strip():
             problems.append("--label-delimiter: give a character that separates labels, e.g. ','")
         if problems:

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import sys
@@ -71,6 +72,7 @@ def prepare(data_args: DataArguments, problem: ProblemType | None = None):
     dsd, info = load_data(d.task, d.data_dir, d.train_file, d.validation_file, d.test_file,
                           d.text_columns or None, d.label_column, names or None, kind, d.label_delimiter,
                           d.column_names or None)
+    info = dataclasses.replace(info, problem=dataclasses.replace(info.problem, threshold=d.threshold))
     tokenizer = load_tokenizer(d.model)
     tokenized = tokenize(dsd, tokenizer, info.text_columns, d.max_length or None,
                          d.preprocessing_num_workers or None, d.cache_dir)
@@ -130,6 +132,7 @@ def _trained(data_args: DataArguments, args: TrainingArguments) -> tuple[Trainer
 
     load_tokenizer(data_args.model)  # checks the path first, with our message
     problem = ProblemType.of_model(AutoConfig.from_pretrained(data_args.model))
+    problem = dataclasses.replace(problem, threshold=data_args.threshold)
     dsd, info, tokenizer, _ = prepare(data_args, problem)
     if info.problem != problem:
         raise LeantuneError(f"--model {data_args.model} is a {problem.kind} model with {problem.num_labels} outputs "

@@ -223,6 +223,7 @@ CASES = [
     Case("unknown task", lambda c: ["--model", c.model, "--task", "mrcp", "--output-dir", c.out], "unknown task 'mrcp'"),
     # ---- flags
     Case("batch size 0", lambda c: _train(c, "--batch-size", "0"), "--per-device-train-batch-size must be >= 1, got 0"),
+    Case("a threshold outside (0, 1)", lambda c: _train(c, "--threshold", "1.5"), "--threshold must be in (0, 1), got 1.5"),
     Case("a flag value of the wrong type", lambda c: _train(c, "--lr", "abc"),
          "argument --learning-rate/--lr: invalid float value: 'abc'"),
     Case("an unknown flag", lambda c: _train(c, "--bogus-flag", "1"), "unrecognized arguments: --bogus-flag 1"),

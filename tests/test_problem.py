@@ -47,6 +47,15 @@ def test_each_kind_decides_head_loss_prediction_and_metrics() -> None:
     assert ProblemType.of_record({"labels": ["x", "y"]}) == ProblemType.single_label("xy")  # an older run's config
 
 
+def test_the_multi_label_threshold_decides_the_predictions() -> None:
+    import dataclasses
+
+    logits = np.log(np.array([[0.4 / 0.6, 0.2 / 0.8]]))  # probabilities 0.4 and 0.2
+    problem = ProblemType.multi_label("ab")
+    assert problem.predict(logits).tolist() == [[0, 0]]
+    assert dataclasses.replace(problem, threshold=0.3).predict(logits).tolist() == [[1, 0]]
+
+
 def test_multi_label_metrics() -> None:
     gold = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0]])
     pred = np.array([[1, 0, 1], [0, 0, 0], [1, 1, 1]])
