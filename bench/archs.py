@@ -15,8 +15,14 @@ weights are random: for speed only; their dev accuracy and F1 mean nothing.
 
 from __future__ import annotations
 
-RANDOM_INIT = ("bert-base", "minilm-bert", "minilm-roberta", "minilm-distilbert", "minilm-deberta-v2",
-               "minilm-modernbert")
+RANDOM_INIT = (
+    "bert-base",
+    "minilm-bert",
+    "minilm-roberta",
+    "minilm-distilbert",
+    "minilm-deberta-v2",
+    "minilm-modernbert",
+)
 ARCHS = ("pretrained", *RANDOM_INIT)
 MINILM = {"hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 12, "intermediate_size": 1536}
 POSITIONS = 512 + 2
@@ -27,8 +33,14 @@ def tokenizer_ids(model_dir: str) -> dict[str, int]:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
-    return {"vocab_size": len(tok), "pad_token_id": tok.pad_token_id, "bos_token_id": tok.cls_token_id,
-            "eos_token_id": tok.sep_token_id, "cls_token_id": tok.cls_token_id, "sep_token_id": tok.sep_token_id}
+    return {
+        "vocab_size": len(tok),
+        "pad_token_id": tok.pad_token_id,
+        "bos_token_id": tok.cls_token_id,
+        "eos_token_id": tok.sep_token_id,
+        "cls_token_id": tok.cls_token_id,
+        "sep_token_id": tok.sep_token_id,
+    }
 
 
 def arch_config(arch: str, model_dir: str, num_labels: int = 2):
@@ -42,21 +54,48 @@ def arch_config(arch: str, model_dir: str, num_labels: int = 2):
     if arch == "minilm-bert":
         return BertConfig(**common, **MINILM, max_position_embeddings=POSITIONS)
     if arch == "minilm-roberta":
-        return RobertaConfig(**common, **MINILM, max_position_embeddings=POSITIONS, type_vocab_size=2,
-                             bos_token_id=ids["bos_token_id"], eos_token_id=ids["eos_token_id"])
+        return RobertaConfig(
+            **common,
+            **MINILM,
+            max_position_embeddings=POSITIONS,
+            type_vocab_size=2,
+            bos_token_id=ids["bos_token_id"],
+            eos_token_id=ids["eos_token_id"],
+        )
     if arch == "minilm-distilbert":
-        return DistilBertConfig(**common, dim=MINILM["hidden_size"], n_layers=MINILM["num_hidden_layers"],
-                                n_heads=MINILM["num_attention_heads"], hidden_dim=MINILM["intermediate_size"],
-                                max_position_embeddings=POSITIONS)
+        return DistilBertConfig(
+            **common,
+            dim=MINILM["hidden_size"],
+            n_layers=MINILM["num_hidden_layers"],
+            n_heads=MINILM["num_attention_heads"],
+            hidden_dim=MINILM["intermediate_size"],
+            max_position_embeddings=POSITIONS,
+        )
     if arch == "minilm-deberta-v2":  # DeBERTa-v3-small's attention settings, MiniLM's shape
-        return DebertaV2Config(**common, **MINILM, max_position_embeddings=POSITIONS, type_vocab_size=0,
-                               relative_attention=True, position_buckets=256, max_relative_positions=-1,
-                               pos_att_type=["p2c", "c2p"], position_biased_input=False, norm_rel_ebd="layer_norm",
-                               share_att_key=True, layer_norm_eps=1e-7)
+        return DebertaV2Config(
+            **common,
+            **MINILM,
+            max_position_embeddings=POSITIONS,
+            type_vocab_size=0,
+            relative_attention=True,
+            position_buckets=256,
+            max_relative_positions=-1,
+            pos_att_type=["p2c", "c2p"],
+            position_biased_input=False,
+            norm_rel_ebd="layer_norm",
+            share_att_key=True,
+            layer_norm_eps=1e-7,
+        )
     if arch == "minilm-modernbert":
-        return ModernBertConfig(**common, **MINILM, max_position_embeddings=POSITIONS,
-                                bos_token_id=ids["bos_token_id"], eos_token_id=ids["eos_token_id"],
-                                cls_token_id=ids["cls_token_id"], sep_token_id=ids["sep_token_id"])
+        return ModernBertConfig(
+            **common,
+            **MINILM,
+            max_position_embeddings=POSITIONS,
+            bos_token_id=ids["bos_token_id"],
+            eos_token_id=ids["eos_token_id"],
+            cls_token_id=ids["cls_token_id"],
+            sep_token_id=ids["sep_token_id"],
+        )
     raise ValueError(f"unknown arch {arch!r}: one of {', '.join(ARCHS)}")
 
 
@@ -84,8 +123,9 @@ def matmul_shape(arch: str, model_dir: str) -> tuple[int, int, int]:
         config = arch_config(arch, model_dir, num_labels)
     with torch.device("meta"):
         model = AutoModelForSequenceClassification.from_config(config)
-    n = sum(m.weight.numel() for m in model.modules()
-            if isinstance(m, torch.nn.Linear) and m.out_features != num_labels)
+    n = sum(
+        m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features != num_labels
+    )
     layers = getattr(config, "num_hidden_layers", None) or config.n_layers
     hidden = getattr(config, "hidden_size", None) or config.dim
     return n, layers, hidden

@@ -58,8 +58,11 @@ def main() -> None:
     print(describe(where), flush=True)
     peaks = measure_peaks(args.precision)
     peak = max(peaks.values())
-    print(f"peak {args.precision} matmul: {peaks['shipped']:.1f} GFLOP/s as shipped, {peaks['tuned']:.1f} after "
-          "tune_process()", flush=True)
+    print(
+        f"peak {args.precision} matmul: {peaks['shipped']:.1f} GFLOP/s as shipped, {peaks['tuned']:.1f} after "
+        "tune_process()",
+        flush=True,
+    )
     raw = {a: {s: [] for s in systems} for a in archs}
     for seed in seeds:
         for arch in archs:
@@ -75,8 +78,13 @@ def main() -> None:
 
     refs = [s for s in HF_REFERENCES if s in systems]
     others = [s for s in systems if s not in refs]
-    head = (["arch", "matmul M"] + [f"{s} s/ep" for s in systems] + [f"{o} vs {r}" for o in others for r in refs]
-            + [f"{s} SoL" for s in systems] + [f"{s} F1*" for s in systems])
+    head = (
+        ["arch", "matmul M"]
+        + [f"{s} s/ep" for s in systems]
+        + [f"{o} vs {r}" for o in others for r in refs]
+        + [f"{s} SoL" for s in systems]
+        + [f"{s} F1*" for s in systems]
+    )
     table, summary = [head], {}
     for arch in archs:
         shape = model_shape(args.model, arch)
@@ -88,21 +96,41 @@ def main() -> None:
             row = rows.get(system)
             return fmt(row[key], spec, scale) + suffix if row and key in row else "FAILED" if not row else "-"
 
-        table.append([arch, f"{shape[0] / 1e6:.2f}"] + [cell(s, "s_per_epoch", ".1f") for s in systems]
-                     + [cell(o, f"vs_{r}", ".2f", suffix="x") for o in others for r in refs]
-                     + [cell(s, "sol", ".1%") for s in systems] + [cell(s, "f1", ".1f", 100) for s in systems])
-    print(f"\nMRPC, {args.epochs:g} epoch(s), {args.max_train_samples or 'all'} train examples, seeds {args.seeds}, "
-          f"{args.precision}; MiniLM-L6-sized random-init models (bench/archs.py), MiniLM tokenizer")
+        table.append(
+            [arch, f"{shape[0] / 1e6:.2f}"]
+            + [cell(s, "s_per_epoch", ".1f") for s in systems]
+            + [cell(o, f"vs_{r}", ".2f", suffix="x") for o in others for r in refs]
+            + [cell(s, "sol", ".1%") for s in systems]
+            + [cell(s, "f1", ".1f", 100) for s in systems]
+        )
+    print(
+        f"\nMRPC, {args.epochs:g} epoch(s), {args.max_train_samples or 'all'} train examples, seeds {args.seeds}, "
+        f"{args.precision}; MiniLM-L6-sized random-init models (bench/archs.py), MiniLM tokenizer"
+    )
     print(describe(where))
     print_table(table)
     print(tuning_summary({s: [r for a in archs for r in raw[a][s]] for s in systems}))
-    print("(* dev F1 of random-init weights (pretrained excepted) means nothing: the rows compare speed only; "
-          "matmul M: millions of linear-layer weights, the FLOPs' N)")
-    print(f"(peak matmul after the runs: {peaks_after['shipped']:.1f} as shipped, {peaks_after['tuned']:.1f} tuned; "
-          f"speed of light (SoL) uses the best before the runs, {peak:.1f} GFLOP/s)")
-    args.json.write_text(json.dumps({"complete": True, "machine": where, "peak_gflops": {"before": peaks,
-                                     "after": peaks_after}, "args": {k: str(v) for k, v in vars(args).items()},
-                                     "runs": raw, "summary": summary}, indent=2))
+    print(
+        "(* dev F1 of random-init weights (pretrained excepted) means nothing: the rows compare speed only; "
+        "matmul M: millions of linear-layer weights, the FLOPs' N)"
+    )
+    print(
+        f"(peak matmul after the runs: {peaks_after['shipped']:.1f} as shipped, {peaks_after['tuned']:.1f} tuned; "
+        f"speed of light (SoL) uses the best before the runs, {peak:.1f} GFLOP/s)"
+    )
+    args.json.write_text(
+        json.dumps(
+            {
+                "complete": True,
+                "machine": where,
+                "peak_gflops": {"before": peaks, "after": peaks_after},
+                "args": {k: str(v) for k, v in vars(args).items()},
+                "runs": raw,
+                "summary": summary,
+            },
+            indent=2,
+        )
+    )
     print(f"raw numbers: {args.json}")
 
 

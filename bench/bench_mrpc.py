@@ -46,8 +46,18 @@ from run_one import SYSTEMS
 
 # each of leantune's levers off in turn (`--ablation`): compact embeddings, [CLS]-only last layer, fast dropout,
 # the fused AdamW with the clip folded in, packing (padded batches), length grouping instead, MKL's CPU path, malloc's thresholds, no tuning at all
-ABLATION = ("leantune", "leantune_nocompact", "leantune_nocls", "leantune_nofast", "leantune_foreach",
-            "leantune_padded", "leantune_grouped", "leantune_nomkl", "leantune_nomalloc", "leantune_untuned")
+ABLATION = (
+    "leantune",
+    "leantune_nocompact",
+    "leantune_nocls",
+    "leantune_nofast",
+    "leantune_foreach",
+    "leantune_padded",
+    "leantune_grouped",
+    "leantune_nomkl",
+    "leantune_nomalloc",
+    "leantune_untuned",
+)
 REFERENCES = ("hf", "hf_tuned", "leantune")  # ratio columns, each when that system ran (leantune: with variants)
 
 # dense bf16 tensor-core peaks from NVIDIA's datasheets (TFLOP/s, without sparsity), for MFU
@@ -68,8 +78,12 @@ def machine() -> dict:
                     flags = set(value.split())
     except OSError:
         pass
-    return {"cpu": name, "cores": os.cpu_count(), **{f: f in flags for f in CPU_FLAGS},
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+    return {
+        "cpu": name,
+        "cores": os.cpu_count(),
+        **{f: f in flags for f in CPU_FLAGS},
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
 
 
 def describe(m: dict) -> str:
@@ -126,10 +140,26 @@ def model_shape(model_dir: str | None, arch: str = "pretrained") -> tuple[int, i
 def run_system(system: str, seed: int, args, arch: str | None = None) -> dict | None:
     """One run in a fresh process (bench/run_one.py); its JSON, or None if it failed (said on stdout)."""
     with tempfile.TemporaryDirectory() as out:
-        cmd = [sys.executable, str(HERE / "run_one.py"), "--system", system, "--data-dir", str(args.data_dir),
-               "--epochs", str(args.epochs), "--max-train-samples", str(args.max_train_samples),
-               "--seed", str(seed), "--out", out, "--precision", args.precision, "--arch", arch or args.arch] + \
-            (["--model", args.model] if args.model else [])
+        cmd = [
+            sys.executable,
+            str(HERE / "run_one.py"),
+            "--system",
+            system,
+            "--data-dir",
+            str(args.data_dir),
+            "--epochs",
+            str(args.epochs),
+            "--max-train-samples",
+            str(args.max_train_samples),
+            "--seed",
+            str(seed),
+            "--out",
+            out,
+            "--precision",
+            args.precision,
+            "--arch",
+            arch or args.arch,
+        ] + (["--model", args.model] if args.model else [])
         # `*_thp`: the same system with torch's transparent huge pages on (read by torch at its first large
         # allocation, hence set for the whole process); the others inherit this environment (torch: off
         # unless THP_MEM_ALLOC_ENABLE is set). Every other process-level setting (MKL's path, malloc) is made,
@@ -160,18 +190,31 @@ def reference_rates(raw: dict[str, list[dict]]) -> dict[str, dict[int, float]]:
     return refs
 
 
-def summarize(runs: list[dict], peak: float, shape: tuple[int, int, int], refs: dict[str, dict[int, float]],
-              sheet: float | None = None) -> dict:
+def summarize(
+    runs: list[dict],
+    peak: float,
+    shape: tuple[int, int, int],
+    refs: dict[str, dict[int, float]],
+    sheet: float | None = None,
+) -> dict:
     """Mean (and std over seeds) of each column; each ratio is against the reference's run of the same seed."""
     n_mm, layers, hidden = shape
     per = []
     for r in runs:
         epochs = r["epochs"]
         flops = 6 * n_mm * r["real_tokens"] + 12 * layers * hidden * r["attn_sq_tokens_per_epoch"] * epochs
-        per.append({"s_per_epoch": r["train_s"] / epochs, "samples_s": samples_per_s(r),
-                    "tokens_s": r["real_tokens"] / r["train_s"], "waste": 1 - r["real_tokens"] / r["padded_tokens"],
-                    "rss": r["peak_rss_mb"], "acc": r["dev_accuracy"], "f1": r["dev_f1"],
-                    "sol": flops / r["train_s"] / (peak * 1e9)})
+        per.append(
+            {
+                "s_per_epoch": r["train_s"] / epochs,
+                "samples_s": samples_per_s(r),
+                "tokens_s": r["real_tokens"] / r["train_s"],
+                "waste": 1 - r["real_tokens"] / r["padded_tokens"],
+                "rss": r["peak_rss_mb"],
+                "acc": r["dev_accuracy"],
+                "f1": r["dev_f1"],
+                "sol": flops / r["train_s"] / (peak * 1e9),
+            }
+        )
         if sheet:  # GPU only: no datasheet peak for a CPU
             per[-1]["mfu"] = flops / r["train_s"] / (sheet * 1e9)
         for ref, rates in refs.items():
@@ -231,21 +274,29 @@ def parse_systems(args) -> list[str]:
 def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", default="42")
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
-    p.add_argument("--model", help="checkpoint, or for random-init archs its tokenizer (default: the packaged "
-                   "all-MiniLM-L6-v2)")
+    p.add_argument(
+        "--model", help="checkpoint, or for random-init archs its tokenizer (default: the packaged all-MiniLM-L6-v2)"
+    )
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="for every system")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--systems", help="comma list (default hf,hf_tuned,leantune): " + ", ".join(SYSTEMS))
-    p.add_argument("--ablation", action="store_true", help="add leantune and each of its levers off in turn: "
-                   + ", ".join(ABLATION[1:]))
+    p.add_argument(
+        "--ablation",
+        action="store_true",
+        help="add leantune and each of its levers off in turn: " + ", ".join(ABLATION[1:]),
+    )
     p.add_argument("--epochs", type=float, default=3)
     p.add_argument("--max-train-samples", type=int, default=0)
     add_common_args(p)
-    p.add_argument("--arch", choices=ARCHS, default="pretrained",
-                   help="a random-init model instead of the checkpoint (bench/archs.py; speed only: F1 is meaningless)")
+    p.add_argument(
+        "--arch",
+        choices=ARCHS,
+        default="pretrained",
+        help="a random-init model instead of the checkpoint (bench/archs.py; speed only: F1 is meaningless)",
+    )
     p.add_argument("--json", type=Path, default=HERE / "results" / "bench_mrpc.json")
     p.add_argument("--measure-peak", choices=["shipped", "tuned"], help=argparse.SUPPRESS)  # measure_peaks()
     args = p.parse_args()
@@ -262,9 +313,12 @@ def main() -> None:
     peaks, sheet = measure_peaks(args.precision), datasheet_peak_gflops()
     peak = max(peaks.values())  # the speed of light: the best GEMM rate this machine showed, tuned or not
     threads = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{torch.get_num_threads()} CPU threads"
-    print(f"peak {args.precision} matmul: {peaks['shipped']:.1f} GFLOP/s as shipped, {peaks['tuned']:.1f} after "
-          f"tune_process(), on {threads}; torch {torch.__version__}"
-          + (f"; datasheet bf16 peak {sheet / 1e3:.0f} TFLOP/s" if sheet else ""), flush=True)
+    print(
+        f"peak {args.precision} matmul: {peaks['shipped']:.1f} GFLOP/s as shipped, {peaks['tuned']:.1f} after "
+        f"tune_process(), on {threads}; torch {torch.__version__}"
+        + (f"; datasheet bf16 peak {sheet / 1e3:.0f} TFLOP/s" if sheet else ""),
+        flush=True,
+    )
     raw = {system: [] for system in systems}
     # Seed by seed, every system in turn: this machine's speed drifts over a long run (its GEMM peak by
     # 10-15%), so each system's runs are spread over the same stretch of time, and ratios are per seed.
@@ -282,31 +336,69 @@ def main() -> None:
     refs = reference_rates(raw)
     rows = {s: summarize(runs, peak, shape, refs, sheet) for s, runs in raw.items()}
     random_init = args.arch != "pretrained"
-    head = ["system", "s/epoch", "samples/s", "real tok/s", "pad waste %", "peak RSS MB",
-            "dev acc*" if random_init else "dev acc", "dev F1*" if random_init else "dev F1"] + \
-        [f"vs {ref}" for ref in refs] + ["speed of light"] + (["MFU"] if sheet else [])
-    table = [head] + [[s, fmt(r["s_per_epoch"], ".2f" if sheet else ".1f"), fmt(r["samples_s"], ".1f"),
-                       fmt(r["tokens_s"], ".0f"), fmt(r["waste"], ".1f", 100), fmt(r["rss"], ".0f"),
-                       fmt(r["acc"], ".1f", 100), fmt(r["f1"], ".1f", 100)]
-                      + [fmt(r[f"vs_{ref}"], ".2f") + "x" for ref in refs]
-                      + [fmt(r["sol"], ".1%")] + ([fmt(r["mfu"], ".2%")] if sheet else [])
-                      for s, r in rows.items()]
+    head = (
+        [
+            "system",
+            "s/epoch",
+            "samples/s",
+            "real tok/s",
+            "pad waste %",
+            "peak RSS MB",
+            "dev acc*" if random_init else "dev acc",
+            "dev F1*" if random_init else "dev F1",
+        ]
+        + [f"vs {ref}" for ref in refs]
+        + ["speed of light"]
+        + (["MFU"] if sheet else [])
+    )
+    table = [head] + [
+        [
+            s,
+            fmt(r["s_per_epoch"], ".2f" if sheet else ".1f"),
+            fmt(r["samples_s"], ".1f"),
+            fmt(r["tokens_s"], ".0f"),
+            fmt(r["waste"], ".1f", 100),
+            fmt(r["rss"], ".0f"),
+            fmt(r["acc"], ".1f", 100),
+            fmt(r["f1"], ".1f", 100),
+        ]
+        + [fmt(r[f"vs_{ref}"], ".2f") + "x" for ref in refs]
+        + [fmt(r["sol"], ".1%")]
+        + ([fmt(r["mfu"], ".2%")] if sheet else [])
+        for s, r in rows.items()
+    ]
     model = f"random-init {args.arch}" if random_init else (args.model or "all-MiniLM-L6-v2")
-    print(f"\nMRPC, {args.epochs:g} epoch(s), {args.max_train_samples or 'all'} train examples, seeds {args.seeds}, "
-          f"{args.precision}, {model}")
+    print(
+        f"\nMRPC, {args.epochs:g} epoch(s), {args.max_train_samples or 'all'} train examples, seeds {args.seeds}, "
+        f"{args.precision}, {model}"
+    )
     print(describe(where))
     print_table(table)
     print(tuning_summary(raw))
     if random_init:
         print("(* random-init weights: the dev metrics mean nothing; the rows compare speed only)")
-    print(f"(peak matmul re-measured after the runs: {peaks_after['shipped']:.1f} GFLOP/s as shipped, "
-          f"{peaks_after['tuned']:.1f} tuned; speed of light uses the best before the runs, {peak:.1f})")
+    print(
+        f"(peak matmul re-measured after the runs: {peaks_after['shipped']:.1f} GFLOP/s as shipped, "
+        f"{peaks_after['tuned']:.1f} tuned; speed of light uses the best before the runs, {peak:.1f})"
+    )
     if sheet:
         print(f"(MFU: the same useful FLOPs over the datasheet's {sheet / 1e3:.0f} TFLOP/s dense bf16)")
-    args.json.write_text(json.dumps({"complete": True, "machine": where, "peak_gflops": {"before": peaks, "after": peaks_after},
-                                     "device": threads, "matmul_shape": shape,
-                                     "args": {k: str(v) for k, v in vars(args).items()}, "systems": systems,
-                                     "runs": raw, "summary": rows}, indent=2))
+    args.json.write_text(
+        json.dumps(
+            {
+                "complete": True,
+                "machine": where,
+                "peak_gflops": {"before": peaks, "after": peaks_after},
+                "device": threads,
+                "matmul_shape": shape,
+                "args": {k: str(v) for k, v in vars(args).items()},
+                "systems": systems,
+                "runs": raw,
+                "summary": rows,
+            },
+            indent=2,
+        )
+    )
     print(f"raw numbers: {args.json}")
 
 

@@ -31,8 +31,12 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parents[1] / "shared" / "data"
 # row -> (task, data dir, training examples (0: all))
-ROWS = {"mrpc500": ("mrpc", SHARED / "glue" / "MRPC", 500), "mrpc1000": ("mrpc", SHARED / "glue" / "MRPC", 1000),
-        "goemotions3000": ("goemotions", SHARED / "goemotions", 3000), "mrpc": ("mrpc", SHARED / "glue" / "MRPC", 0)}
+ROWS = {
+    "mrpc500": ("mrpc", SHARED / "glue" / "MRPC", 500),
+    "mrpc1000": ("mrpc", SHARED / "glue" / "MRPC", 1000),
+    "goemotions3000": ("goemotions", SHARED / "goemotions", 3000),
+    "mrpc": ("mrpc", SHARED / "glue" / "MRPC", 0),
+}
 SYSTEMS = ("hf_defaults", "leantune", "leantune_grouped")
 METRIC = {"mrpc": "dev F1", "goemotions": "dev macro-F1"}
 
@@ -40,8 +44,24 @@ METRIC = {"mrpc": "dev F1", "goemotions": "dev macro-F1"}
 def run(row: str, system: str, seed: int, epochs: float) -> dict | None:
     task, data, n = ROWS[row]
     with tempfile.TemporaryDirectory() as out:
-        cmd = [sys.executable, str(HERE / "run_one.py"), "--system", system, "--data-dir", str(data), "--task", task,
-               "--epochs", str(epochs), "--max-train-samples", str(n), "--seed", str(seed), "--out", out]
+        cmd = [
+            sys.executable,
+            str(HERE / "run_one.py"),
+            "--system",
+            system,
+            "--data-dir",
+            str(data),
+            "--task",
+            task,
+            "--epochs",
+            str(epochs),
+            "--max-train-samples",
+            str(n),
+            "--seed",
+            str(seed),
+            "--out",
+            out,
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         print(f"  {row} {system} seed {seed} FAILED:\n{proc.stderr[-1500:]}", flush=True)
@@ -49,28 +69,36 @@ def run(row: str, system: str, seed: int, epochs: float) -> dict | None:
     return {"row": row, **json.loads(proc.stdout.strip().splitlines()[-1])}
 
 
+def cell(xs: list[float]) -> str:
+    if len(xs) < 2:
+        return f"{xs[0]:.1f} (n=1)" if xs else "-"
+    return f"{statistics.mean(xs):.1f} ± {statistics.stdev(xs):.1f} (n={len(xs)})"
+
+
+def gap(reference: list[float], other: list[float]) -> str:
+    """(other - reference) in pooled standard deviations."""
+    if len(reference) < 2 or len(other) < 2:
+        return "-"
+    pooled = ((statistics.variance(reference) + statistics.variance(other)) / 2) ** 0.5
+    return f"{(statistics.mean(other) - statistics.mean(reference)) / pooled:+.2f}"
+
+
 def table(results: list[dict], rows: list[str], systems: list[str]) -> list[str]:
-    lines = [f"| row | metric | {' | '.join(systems)} | leantune vs HF (pooled sd) | grouped vs HF (pooled sd) |",
-             "|---|---|" + "---|" * (len(systems) + 2)]
+    lines = [
+        f"| row | metric | {' | '.join(systems)} | leantune vs HF (pooled sd) | grouped vs HF (pooled sd) |",
+        "|---|---|" + "---|" * (len(systems) + 2),
+    ]
     for row in rows:
         scores = {s: [100 * r["dev_f1"] for r in results if r["row"] == row and r["system"] == s] for s in systems}
         if not any(scores.values()):
             continue
+        hf = scores.get("hf_defaults", [])
 
-        def cell(xs: list[float]) -> str:
-            if len(xs) < 2:
-                return f"{xs[0]:.1f} (n=1)" if xs else "-"
-            return f"{statistics.mean(xs):.1f} ± {statistics.stdev(xs):.1f} (n={len(xs)})"
-
-        def gap(system: str) -> str:
-            a, b = scores.get("hf_defaults", []), scores.get(system, [])
-            if len(a) < 2 or len(b) < 2:
-                return "-"
-            pooled = ((statistics.variance(a) + statistics.variance(b)) / 2) ** 0.5
-            return f"{(statistics.mean(b) - statistics.mean(a)) / pooled:+.2f}"
-
-        lines.append(f"| {row} | {METRIC[ROWS[row][0]]} | " + " | ".join(cell(scores[s]) for s in systems)
-                     + f" | {gap('leantune')} | {gap('leantune_grouped')} |")
+        lines.append(
+            f"| {row} | {METRIC[ROWS[row][0]]} | "
+            + " | ".join(cell(scores[s]) for s in systems)
+            + f" | {gap(hf, scores.get('leantune', []))} | {gap(hf, scores.get('leantune_grouped', []))} |"
+        )
     return lines
 
 
@@ -98,8 +126,7 @@ def main() -> None:
                     results.append(res)
                     with args.results.open("a") as f:
                         f.write(json.dumps(res) + "\n")
-                    print(f"{row} {system} seed {seed}: {100 * res['dev_f1']:.1f} ({res['train_s']:.0f} s)",
-                          flush=True)
+                    print(f"{row} {system} seed {seed}: {100 * res['dev_f1']:.1f} ({res['train_s']:.0f} s)", flush=True)
     print("\n".join(table(results, rows, systems)))
 
 

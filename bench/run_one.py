@@ -47,18 +47,35 @@ import torch
 HERE = Path(__file__).resolve().parent
 
 # the process-level tuning of each system: tune_process()'s arguments, or None for a process as shipped
-TUNING = {"hf": None, "hf_thp": None, "hf_best": None, "hf_tuned": {}, "hf_defaults": {},
-          "leantune_untuned": None, "leantune_nomkl": {"mkl": False}, "leantune_nomalloc": {"malloc": False}}
+TUNING = {
+    "hf": None,
+    "hf_thp": None,
+    "hf_best": None,
+    "hf_tuned": {},
+    "hf_defaults": {},
+    "leantune_untuned": None,
+    "leantune_nomkl": {"mkl": False},
+    "leantune_nomalloc": {"malloc": False},
+}
 DEFAULT_TUNING = {}  # every other leantune system: tune_process() as the `leantune` command calls it
 
 # leantune's TrainingArguments for each variant (the part of the system's name after "leantune_")
 LEANTUNE_VARIANTS = {
-    "": {}, "thp": {}, "untuned": {}, "nomkl": {}, "nomalloc": {},
-    "bf16": {"bf16": True}, "grouped": {"group_by_length": True, "packed_batches": False},
-    "padded": {"packed_batches": False}, "nofast": {"fast_dropout": False},
-    "plain": {"packed_batches": False, "fast_dropout": False}, "nographs": {"cuda_graphs": False},
-    "foreach": {"optim": "adamw_torch"}, "compile": {"torch_compile": True, "pad_to_multiple_of": 16},
-    "nocompact": {"compact_embeddings": False}, "nocls": {"cls_only_last_layer": False},
+    "": {},
+    "thp": {},
+    "untuned": {},
+    "nomkl": {},
+    "nomalloc": {},
+    "bf16": {"bf16": True},
+    "grouped": {"group_by_length": True, "packed_batches": False},
+    "padded": {"packed_batches": False},
+    "nofast": {"fast_dropout": False},
+    "plain": {"packed_batches": False, "fast_dropout": False},
+    "nographs": {"cuda_graphs": False},
+    "foreach": {"optim": "adamw_torch"},
+    "compile": {"torch_compile": True, "pad_to_multiple_of": 16},
+    "nocompact": {"compact_embeddings": False},
+    "nocls": {"cls_only_last_layer": False},
 }
 HF_SYSTEMS = ("hf", "hf_thp", "hf_best", "hf_tuned", "hf_defaults")
 SYSTEMS = HF_SYSTEMS + tuple(f"leantune_{v}" if v else "leantune" for v in LEANTUNE_VARIANTS)
@@ -90,10 +107,16 @@ def load_goemotions(data_dir: str):
     from datasets import Dataset, DatasetDict
 
     def split(name: str) -> Dataset:
-        df = pd.read_csv(Path(data_dir) / f"{name}.tsv", sep="\t", header=None, names=["text", "labels", "id"],
-                         quoting=3, dtype=str, keep_default_na=False)
-        return Dataset.from_dict({"text": df["text"].tolist(),
-                                  "label": [int(x.split(",")[0]) for x in df["labels"]]})
+        df = pd.read_csv(
+            Path(data_dir) / f"{name}.tsv",
+            sep="\t",
+            header=None,
+            names=["text", "labels", "id"],
+            quoting=3,
+            dtype=str,
+            keep_default_na=False,
+        )
+        return Dataset.from_dict({"text": df["text"].tolist(), "label": [int(x.split(",")[0]) for x in df["labels"]]})
 
     return DatasetDict({"train": split("train"), "validation": split("dev")})
 
@@ -123,9 +146,12 @@ def dev_metrics(logits, labels, task: str = "mrpc"):
 
     predictions = np.argmax(logits, -1)
     if task == "goemotions":
-        return {"accuracy": float(accuracy_score(labels, predictions)),
-                "f1": float(f1_score(labels, predictions, average="macro", labels=range(logits.shape[-1]),
-                                     zero_division=0))}
+        return {
+            "accuracy": float(accuracy_score(labels, predictions)),
+            "f1": float(
+                f1_score(labels, predictions, average="macro", labels=range(logits.shape[-1]), zero_division=0)
+            ),
+        }
     from leantune.metrics import load_metric
 
     return load_metric("glue", "mrpc").compute(predictions=predictions, references=labels)
@@ -167,15 +193,34 @@ def run_hf(args, system: str):
     model = make_model(args, model_dir)
     # transformers 5 spells group_by_length=True as train_sampling_strategy="group_by_length"
     # hf_defaults: the HF Trainer's defaults (random batches, its default optimizer), the process tuned
-    extra = dict({"hf_tuned": {"train_sampling_strategy": "group_by_length", "optim": "adamw_torch_fused"},
-                  "hf_best": {"train_sampling_strategy": "group_by_length", "torch_compile": True,
-                              "optim": "adamw_torch_fused"}}.get(system, {}))
+    extra = dict(
+        {
+            "hf_tuned": {"train_sampling_strategy": "group_by_length", "optim": "adamw_torch_fused"},
+            "hf_best": {
+                "train_sampling_strategy": "group_by_length",
+                "torch_compile": True,
+                "optim": "adamw_torch_fused",
+            },
+        }.get(system, {})
+    )
     if args.precision == "bf16" and not torch.cuda.is_available():
         extra["use_cpu"] = True  # HF refuses bf16 without a GPU unless told it is on the CPU (then: CPU autocast)
-    targs = TrainingArguments(args.out, num_train_epochs=args.epochs, per_device_train_batch_size=8,
-                              per_device_eval_batch_size=8, learning_rate=5e-5, seed=args.seed, eval_strategy="no",
-                              save_strategy="no", report_to="none", logging_steps=50, disable_tqdm=True,
-                              dataloader_num_workers=0, bf16=args.precision == "bf16", **extra)
+    targs = TrainingArguments(
+        args.out,
+        num_train_epochs=args.epochs,
+        per_device_train_batch_size=8,
+        per_device_eval_batch_size=8,
+        learning_rate=5e-5,
+        seed=args.seed,
+        eval_strategy="no",
+        save_strategy="no",
+        report_to="none",
+        logging_steps=50,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        bf16=args.precision == "bf16",
+        **extra,
+    )
     collator = CountingCollator(DataCollatorWithPadding(tok))
     trainer = Trainer(model, targs, train_dataset=data["train"], data_collator=collator, processing_class=tok)
     return timed_train_and_predict(trainer, collator, data)
@@ -191,8 +236,15 @@ def run_leantune(args, variant: str):
     extra = dict(LEANTUNE_VARIANTS[variant])
     if args.precision == "bf16":
         extra["bf16"] = True
-    targs = TrainingArguments(args.out, num_train_epochs=args.epochs, seed=args.seed, eval_strategy="no",
-                              disable_tqdm=True, overwrite_output_dir=True, **extra)
+    targs = TrainingArguments(
+        args.out,
+        num_train_epochs=args.epochs,
+        seed=args.seed,
+        eval_strategy="no",
+        disable_tqdm=True,
+        overwrite_output_dir=True,
+        **extra,
+    )
     collators: list[CountingCollator] = []
 
     class CountingTrainer(Trainer):
@@ -241,16 +293,28 @@ def main():
         res = run_leantune(args, args.system.partition("_")[2])
     train_s, eval_s, real, padded, metrics, data = res
     lengths = [len(x) for x in data["train"]["input_ids"]]
-    print(json.dumps({
-        "system": args.system, "seed": args.seed, "epochs": args.epochs, "arch": args.arch,
-        "train_examples": len(data["train"]), "train_s": train_s, "eval_s": eval_s, "real_tokens": real,
-        "padded_tokens": padded, "attn_sq_tokens_per_epoch": int(sum(n * n for n in lengths)),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else 0.0,
-        "dev_accuracy": metrics["accuracy"], "dev_f1": metrics["f1"],
-        "tune_process": tuning,  # what tune_process() returned in this process; None: not called
-        "thp": os.environ.get("THP_MEM_ALLOC_ENABLE", ""),
-    }))
+    print(
+        json.dumps(
+            {
+                "system": args.system,
+                "seed": args.seed,
+                "epochs": args.epochs,
+                "arch": args.arch,
+                "train_examples": len(data["train"]),
+                "train_s": train_s,
+                "eval_s": eval_s,
+                "real_tokens": real,
+                "padded_tokens": padded,
+                "attn_sq_tokens_per_epoch": int(sum(n * n for n in lengths)),
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else 0.0,
+                "dev_accuracy": metrics["accuracy"],
+                "dev_f1": metrics["f1"],
+                "tune_process": tuning,  # what tune_process() returned in this process; None: not called
+                "thp": os.environ.get("THP_MEM_ALLOC_ENABLE", ""),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -11,13 +11,24 @@ from typing import Any
 # Ctrl-C while torch and transformers load is the command's to answer, in one line.
 _EXPORTS = {
     "AdamW": "torch.optim",  # the course's `from transformers import AdamW`, which transformers removed
-    "DataCollatorWithPadding": "leantune.collate", "LengthGroupedBatchSampler": "leantune.collate",
-    "DataArguments": "leantune.config", "TrainingArguments": "leantune.config",
-    "DataInfo": "leantune.data", "load_data": "leantune.data", "load_files": "leantune.data",
-    "load_glue": "leantune.data", "tokenize": "leantune.data", "LeantuneError": "leantune.errors",
-    "EvalPrediction": "leantune.metrics", "build_compute_metrics": "leantune.metrics", "load_metric": "leantune.metrics",
-    "process_tuning": "leantune.speed.process", "tune_process": "leantune.speed.process",
-    "PredictionOutput": "leantune.trainer", "Trainer": "leantune.trainer", "TrainOutput": "leantune.trainer",
+    "DataCollatorWithPadding": "leantune.collate",
+    "LengthGroupedBatchSampler": "leantune.collate",
+    "DataArguments": "leantune.config",
+    "TrainingArguments": "leantune.config",
+    "DataInfo": "leantune.data",
+    "load_data": "leantune.data",
+    "load_files": "leantune.data",
+    "load_glue": "leantune.data",
+    "tokenize": "leantune.data",
+    "LeantuneError": "leantune.errors",
+    "EvalPrediction": "leantune.metrics",
+    "build_compute_metrics": "leantune.metrics",
+    "load_metric": "leantune.metrics",
+    "process_tuning": "leantune.speed.process",
+    "tune_process": "leantune.speed.process",
+    "PredictionOutput": "leantune.trainer",
+    "Trainer": "leantune.trainer",
+    "TrainOutput": "leantune.trainer",
 }
 
 
@@ -47,8 +58,24 @@ def load_dataset(path: str, name: str | None = None, data_dir: str | None = None
 
 
 __all__ = [
-    "AdamW", "DataArguments", "DataCollatorWithPadding", "DataInfo", "EvalPrediction", "LeantuneError",
-    "LengthGroupedBatchSampler", "PredictionOutput", "TrainOutput", "Trainer", "TrainingArguments",
-    "build_compute_metrics", "load_data", "load_dataset", "load_files", "load_glue", "load_metric", "process_tuning",
-    "tokenize", "tune_process",
+    "AdamW",
+    "DataArguments",
+    "DataCollatorWithPadding",
+    "DataInfo",
+    "EvalPrediction",
+    "LeantuneError",
+    "LengthGroupedBatchSampler",
+    "PredictionOutput",
+    "TrainOutput",
+    "Trainer",
+    "TrainingArguments",
+    "build_compute_metrics",
+    "load_data",
+    "load_dataset",
+    "load_files",
+    "load_glue",
+    "load_metric",
+    "process_tuning",
+    "tokenize",
+    "tune_process",
 ]

@@ -44,8 +44,9 @@ def save_pretrained_atomic(model: Any, tokenizer: Any, out: Path) -> None:
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
     except OSError as e:  # a full disk, say: nothing in `out` was touched yet
-        raise LeantuneError(f"cannot save the model to {out}: {e.strerror or e}; the files already there are "
-                            f"unchanged") from None
+        raise LeantuneError(
+            f"cannot save the model to {out}: {e.strerror or e}; the files already there are unchanged"
+        ) from None
     else:
         mode = 0o666 & ~_umask()  # the weights come out owner-only (0600); the model is meant to be shared
         for f in sorted(tmp.iterdir()):
@@ -84,13 +85,16 @@ def checkpoint_dirs(out: Path) -> list[Path]:
     """The checkpoint-STEP directories in `out`, lowest step first (valid or not)."""
     if not out.is_dir():
         return []
-    found = [p for p in out.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)
-             and p.name[len(CHECKPOINT_PREFIX):].isdigit()]
+    found = [
+        p
+        for p in out.iterdir()
+        if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX) and p.name[len(CHECKPOINT_PREFIX) :].isdigit()
+    ]
     return sorted(found, key=checkpoint_step)
 
 
 def checkpoint_step(path: Path) -> int:
-    return int(path.name[len(CHECKPOINT_PREFIX):])
+    return int(path.name[len(CHECKPOINT_PREFIX) :])
 
 
 def write_checkpoint(out: Path, step: int, write_files: Callable[[Path], None]) -> Path:
@@ -211,8 +215,7 @@ def latest_valid_checkpoint(out: Path, note: Callable[[str], None]) -> Path | No
     return None
 
 
-def resolve_checkpoint(value: str | os.PathLike | bool, output_dir: Path,
-                       note: Callable[[str], None]) -> Path:
+def resolve_checkpoint(value: str | os.PathLike | bool, output_dir: Path, note: Callable[[str], None]) -> Path:
     """What `--resume [PATH]` names: True/"latest" is the newest valid checkpoint in `output_dir`; a
     run directory is the newest valid checkpoint in it; anything else must be a checkpoint itself."""
     if value is True or value == "latest":
@@ -230,8 +233,10 @@ def resolve_checkpoint(value: str | os.PathLike | bool, output_dir: Path,
     if found is None:
         n = len(checkpoint_dirs(where))
         detail = f"{n} found, none complete" if n else f"no {CHECKPOINT_PREFIX}* directory"
-        raise LeantuneError(f"--resume: no usable checkpoint in {where} ({detail}); "
-                            f"start without --resume, or save some with --save-strategy")
+        raise LeantuneError(
+            f"--resume: no usable checkpoint in {where} ({detail}); "
+            f"start without --resume, or save some with --save-strategy"
+        )
     return found
 
 
@@ -263,25 +268,40 @@ def remove_checkpoints(out: Path) -> int:
 # Training flags that fix the data order: a checkpoint resumes exactly only with the same values.
 ORDER_FIELDS = ("seed", "per_device_train_batch_size", "gradient_accumulation_steps", "group_by_length")
 # Flags that may change between a run and its resumption without a note.
-FREE_FIELDS = ("output_dir", "overwrite_output_dir", "resume_from_checkpoint", "disable_tqdm", "report_to",
-               "dataloader_num_workers", "per_device_eval_batch_size", "save_strategy", "save_steps",
-               "save_total_limit", "ddp_timeout")
+FREE_FIELDS = (
+    "output_dir",
+    "overwrite_output_dir",
+    "resume_from_checkpoint",
+    "disable_tqdm",
+    "report_to",
+    "dataloader_num_workers",
+    "per_device_eval_batch_size",
+    "save_strategy",
+    "save_steps",
+    "save_total_limit",
+    "ddp_timeout",
+)
 
 
-def check_resumable(state: dict[str, Any], path: Path, now: dict[str, Any], rows: int, processes: int,
-                    note: Callable[[str], None]) -> None:
+def check_resumable(
+    state: dict[str, Any], path: Path, now: dict[str, Any], rows: int, processes: int, note: Callable[[str], None]
+) -> None:
     """Refuse a checkpoint whose data order cannot be rebuilt with the flags `now`; note other changes."""
     from leantune.config import flag
 
     saved = state["args"]
     for name in ORDER_FIELDS:
         if saved.get(name) != now[name]:
-            raise LeantuneError(f"--resume {path}: it was trained with {flag(name)} {saved.get(name)}, now "
-                                f"{now[name]}; resume with the same value (the data order depends on it)")
+            raise LeantuneError(
+                f"--resume {path}: it was trained with {flag(name)} {saved.get(name)}, now "
+                f"{now[name]}; resume with the same value (the data order depends on it)"
+            )
     if state["train_rows"] != rows or state["world_size"] != processes:
-        raise LeantuneError(f"--resume {path}: it was trained on {state['train_rows']} rows with "
-                            f"{state['world_size']} process(es), now {rows} rows with {processes}; resume with "
-                            f"the same data and processes")
+        raise LeantuneError(
+            f"--resume {path}: it was trained on {state['train_rows']} rows with "
+            f"{state['world_size']} process(es), now {rows} rows with {processes}; resume with "
+            f"the same data and processes"
+        )
     changed = [flag(k) for k in now if k not in FREE_FIELDS + ORDER_FIELDS and saved.get(k) != now[k]]
     if changed:
         note(f"resuming with changed settings: {', '.join(changed)}")
@@ -296,8 +316,11 @@ def capture_rng() -> dict[str, Any]:
     Stored as plain lists and tensors, so `torch.load(weights_only=True)` reads them back.
     """
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state: dict[str, Any] = {"python": random.getstate(), "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
-                             "torch": torch.get_rng_state()}
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -326,8 +349,16 @@ def preserved_rng() -> Iterator[None]:
 # ---------------------------------------------------------------- state files ---------------------
 
 
-def write_training_files(d: Path, model: Any, tokenizer: Any, optimizer: Any, scheduler: Any, scaler: Any,
-                         state: dict[str, Any], per_process: list[dict[str, Any]]) -> None:
+def write_training_files(
+    d: Path,
+    model: Any,
+    tokenizer: Any,
+    optimizer: Any,
+    scheduler: Any,
+    scaler: Any,
+    state: dict[str, Any],
+    per_process: list[dict[str, Any]],
+) -> None:
     """The files of one checkpoint (see the table above) into directory `d`."""
     model.save_pretrained(d, safe_serialization=True)
     if tokenizer is not None:
@@ -372,8 +403,11 @@ def load_weights(model: torch.nn.Module, file: Path) -> None:
 def stats_state(stats: Any) -> dict[str, Any]:
     """The running loss/throughput counters of a training `TrainStats` (tensors and numbers; not its clock)."""
     keep = (torch.Tensor, int, float, bool, type(None))
-    return {k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v)
-            for k, v in vars(stats).items() if isinstance(v, keep) and k != "t_last"}
+    return {
+        k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v)
+        for k, v in vars(stats).items()
+        if isinstance(v, keep) and k != "t_last"
+    }
 
 
 def load_stats_state(stats: Any, saved: dict[str, Any]) -> None:

@@ -32,8 +32,11 @@ class _Parser(argparse.ArgumentParser):
 def _parser(name: str, help: str, split_default: str | None) -> argparse.ArgumentParser:
     p = _Parser(prog=f"leantune {name}", description=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     if split_default:
-        p.add_argument("--split", default=split_default,
-                       help="Which split to run on: train, validation, test (MNLI: validation_matched, ...).")
+        p.add_argument(
+            "--split",
+            default=split_default,
+            help="Which split to run on: train, validation, test (MNLI: validation_matched, ...).",
+        )
     add_arguments(p, DataArguments)
     add_arguments(p, TrainingArguments)
     if name == "train":

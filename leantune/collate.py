@@ -1,9 +1,9 @@
 """Batches: dynamic padding and length-grouped sampling.
 
-    >>> collate = DataCollatorWithPadding(pad_token_id=0)
-    >>> batch = collate([{"input_ids": [101, 7, 102], "label": 1}, {"input_ids": [101, 102], "label": 0}])
-    >>> batch["input_ids"].tolist(), batch["attention_mask"].tolist(), batch["labels"].tolist()
-    ([[101, 7, 102], [101, 102, 0]], [[1, 1, 1], [1, 1, 0]], [1, 0])
+>>> collate = DataCollatorWithPadding(pad_token_id=0)
+>>> batch = collate([{"input_ids": [101, 7, 102], "label": 1}, {"input_ids": [101, 102], "label": 0}])
+>>> batch["input_ids"].tolist(), batch["attention_mask"].tolist(), batch["labels"].tolist()
+([[101, 7, 102], [101, 102, 0]], [[1, 1, 1], [1, 1, 0]], [1, 0])
 """
 
 from __future__ import annotations
@@ -29,8 +29,13 @@ class DataCollatorWithPadding:
     dropped. Pass a tokenizer (its pad id and side are used) or a `pad_token_id`.
     """
 
-    def __init__(self, tokenizer: Any = None, pad_token_id: int | None = None,
-                 pad_to_multiple_of: int | None = None, return_tensors: str = "pt") -> None:
+    def __init__(
+        self,
+        tokenizer: Any = None,
+        pad_token_id: int | None = None,
+        pad_to_multiple_of: int | None = None,
+        return_tensors: str = "pt",
+    ) -> None:
         if tokenizer is None and pad_token_id is None:
             raise ValueError("DataCollatorWithPadding needs a tokenizer or a pad_token_id")
         if return_tensors != "pt":
@@ -59,9 +64,11 @@ class DataCollatorWithPadding:
         fill = self.pad_token_id if key == "input_ids" else 0
         out = torch.full((len(features), width), fill, dtype=torch.long)
         for i, (f, n) in enumerate(zip(features, lengths)):
-            row = torch.ones(n, dtype=torch.long) if key == "attention_mask" and key not in f else torch.as_tensor(f[key])
+            row = (
+                torch.ones(n, dtype=torch.long) if key == "attention_mask" and key not in f else torch.as_tensor(f[key])
+            )
             if self.pad_left:
-                out[i, width - n:] = row
+                out[i, width - n :] = row
             else:
                 out[i, :n] = row
         return out
@@ -93,8 +100,9 @@ class LengthGroupedBatchSampler:
         [[0, 5], [1, 3], [2, 4]]
     """
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, mega_batch_mult: int = 50,
-                 seed: int = 0, drop_last: bool = False) -> None:
+    def __init__(
+        self, lengths: Sequence[int], batch_size: int, mega_batch_mult: int = 50, seed: int = 0, drop_last: bool = False
+    ) -> None:
         self.lengths = torch.as_tensor(list(lengths))
         self.batch_size = batch_size
         self.mega = max(1, mega_batch_mult) * batch_size
@@ -114,10 +122,10 @@ class LengthGroupedBatchSampler:
         perm = torch.randperm(len(self.lengths), generator=g)
         batches: list[list[int]] = []
         for start in range(0, len(perm), self.mega):
-            mega = perm[start:start + self.mega]
+            mega = perm[start : start + self.mega]
             # stable sort so ties keep their random order
             mega = mega[torch.sort(self.lengths[mega], descending=True, stable=True).indices]
-            batches += [mega[i:i + self.batch_size].tolist() for i in range(0, len(mega), self.batch_size)]
+            batches += [mega[i : i + self.batch_size].tolist() for i in range(0, len(mega), self.batch_size)]
         if self.drop_last:
             batches = [b for b in batches if len(b) == self.batch_size]
         order = torch.randperm(len(batches), generator=g).tolist()
@@ -127,7 +135,7 @@ class LengthGroupedBatchSampler:
 def sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     """Evaluation batches, longest first, so each batch pads little; callers restore the order."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 class ShuffledBatchSampler:
@@ -153,8 +161,8 @@ class ShuffledBatchSampler:
     def __iter__(self) -> Iterator[list[int]]:
         g = torch.Generator().manual_seed(self.seed + self.epoch)
         perm = torch.randperm(self.num_rows, generator=g).tolist()
-        batches = [perm[i:i + self.batch_size] for i in range(0, self.num_rows, self.batch_size)]
-        return iter(batches[:len(self)])
+        batches = [perm[i : i + self.batch_size] for i in range(0, self.num_rows, self.batch_size)]
+        return iter(batches[: len(self)])
 
 
 class ResumableBatchSampler:

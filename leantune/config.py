@@ -47,75 +47,139 @@ class TrainingArguments:
     adam_beta1: float = arg(0.9, "AdamW beta1.")
     adam_beta2: float = arg(0.999, "AdamW beta2.")
     adam_epsilon: float = arg(1e-8, "AdamW epsilon.")
-    optim: str = arg("adamw_torch_fused", "AdamW kernel: fused (one kernel, fastest) or the foreach one.",
-                     choices=["adamw_torch_fused", "adamw_torch"])
+    optim: str = arg(
+        "adamw_torch_fused",
+        "AdamW kernel: fused (one kernel, fastest) or the foreach one.",
+        choices=["adamw_torch_fused", "adamw_torch"],
+    )
     max_grad_norm: float = arg(1.0, "Clip the gradient norm to this (0 disables clipping).")
-    lr_scheduler_type: str = arg("linear", "Learning-rate schedule after warmup.",
-                                 choices=["linear", "cosine", "constant", "constant_with_warmup"])
+    lr_scheduler_type: str = arg(
+        "linear",
+        "Learning-rate schedule after warmup.",
+        choices=["linear", "cosine", "constant", "constant_with_warmup"],
+    )
     warmup_ratio: float = arg(0.0, "Fraction of the steps spent warming the learning rate up from 0.")
     warmup_steps: int = arg(0, "Warmup steps (overrides --warmup-ratio when > 0).")
-    eval_strategy: str | None = arg(None, "When to evaluate: no, every --eval-steps steps, or every epoch (default: "
-                                          "epoch; steps when --eval-steps is given).", choices=["no", "steps", "epoch"])
-    eval_steps: int = arg(0, "Evaluate every this many steps; given alone, it sets --eval-strategy steps (0: every "
-                             "--logging-steps steps with --eval-strategy steps).")
+    eval_strategy: str | None = arg(
+        None,
+        "When to evaluate: no, every --eval-steps steps, or every epoch (default: "
+        "epoch; steps when --eval-steps is given).",
+        choices=["no", "steps", "epoch"],
+    )
+    eval_steps: int = arg(
+        0,
+        "Evaluate every this many steps; given alone, it sets --eval-strategy steps (0: every "
+        "--logging-steps steps with --eval-strategy steps).",
+    )
     logging_steps: int = arg(50, "Log the training loss every this many optimizer steps.")
     seed: int = arg(42, "Random seed for the head's init, dropout and data order.")
     use_cpu: bool = arg(False, "Run on the CPU even when a GPU is there (the HF Trainer's use_cpu).")
     fp16: bool = arg(False, "fp16 mixed precision (GPU only).")
     bf16: bool = arg(False, "bf16 mixed precision (GPUs with bf16; CPUs with AVX512-BF16 or AMX).")
-    group_by_length: bool = arg(False, "Batch examples of similar length together (opt-in). Not plain shuffling's "
-                                       "random batches: the gradients, and so the results, differ (see "
-                                       "BENCHMARKS.md for the measured effect on dev scores).")
-    packed_batches: bool = arg(True, "Lay each batch's sequences end to end in one row without padding, attention "
-                                     "kept within each sequence (the batches plain shuffling draws; same logits and "
-                                     "gradients to rounding, proven by a probe per model; models that compute "
-                                     "attention in their own code, MPNet and DeBERTa-v2, get padded batches; see "
-                                     "leantune/speed/packing.py).")
+    group_by_length: bool = arg(
+        False,
+        "Batch examples of similar length together (opt-in). Not plain shuffling's "
+        "random batches: the gradients, and so the results, differ (see "
+        "BENCHMARKS.md for the measured effect on dev scores).",
+    )
+    packed_batches: bool = arg(
+        True,
+        "Lay each batch's sequences end to end in one row without padding, attention "
+        "kept within each sequence (the batches plain shuffling draws; same logits and "
+        "gradients to rounding, proven by a probe per model; models that compute "
+        "attention in their own code, MPNet and DeBERTa-v2, get padded batches; see "
+        "leantune/speed/packing.py).",
+    )
     pad_to_multiple_of: int = arg(0, "Pad each batch's length up to a multiple of this (0: no rounding).")
     torch_compile: bool = arg(False, "Compile the model with torch.compile.")
-    fast_dropout: bool = arg(True, "On CPU, draw dropout masks from a fast generator (same Bernoulli(p), another "
-                                   "random stream) and train with a GELU whose backward is one multiply (within "
-                                   "~5e-7 of torch's); see leantune/speed/fastpath.py.")
-    cuda_graphs: bool = arg(True, "On one CUDA GPU, replay each training step's forward and backward from a CUDA "
-                                  "graph, one per batch shape (lengths padded to a multiple of 16, masked; same "
-                                  "maths). See leantune/speed/cudagraph.py.")
-    compact_embeddings: bool = arg(True, "On CPU, train only the word-embedding rows the training set uses (the "
-                                         "same maths with weight decay 0: unused rows never move; skipped "
-                                         "otherwise; see leantune/speed/compact.py).")
-    cls_only_last_layer: bool = arg(True, "Compute the last encoder layer for [CLS] alone, its keys and values folded "
-                                          "into [CLS]'s query and context, where probes prove the head reads position 0 "
-                                          "alone (BERT, RoBERTa, XLM-R, ELECTRA, DistilBERT, MPNet, ModernBERT layers; "
-                                          "same logits to rounding; see leantune/speed/clsonly.py).")
+    fast_dropout: bool = arg(
+        True,
+        "On CPU, draw dropout masks from a fast generator (same Bernoulli(p), another "
+        "random stream) and train with a GELU whose backward is one multiply (within "
+        "~5e-7 of torch's); see leantune/speed/fastpath.py.",
+    )
+    cuda_graphs: bool = arg(
+        True,
+        "On one CUDA GPU, replay each training step's forward and backward from a CUDA "
+        "graph, one per batch shape (lengths padded to a multiple of 16, masked; same "
+        "maths). See leantune/speed/cudagraph.py.",
+    )
+    compact_embeddings: bool = arg(
+        True,
+        "On CPU, train only the word-embedding rows the training set uses (the "
+        "same maths with weight decay 0: unused rows never move; skipped "
+        "otherwise; see leantune/speed/compact.py).",
+    )
+    cls_only_last_layer: bool = arg(
+        True,
+        "Compute the last encoder layer for [CLS] alone, its keys and values folded "
+        "into [CLS]'s query and context, where probes prove the head reads position 0 "
+        "alone (BERT, RoBERTa, XLM-R, ELECTRA, DistilBERT, MPNet, ModernBERT layers; "
+        "same logits to rounding; see leantune/speed/clsonly.py).",
+    )
     dataloader_num_workers: int = arg(0, "Worker processes for loading batches (0: in the main process).")
-    ddp_timeout: int = arg(1800, "Seconds the processes of a distributed run wait for each other (joining the "
-                                 "group, collectives) before giving up with an error.")
-    disable_tqdm: bool = arg(False, "No progress bars and no periodic training-loss lines (evaluation lines and "
-                                    "errors still print).", aliases=["--quiet"])
-    report_to: str = arg("none", "Also log to TensorBoard (event files in OUTPUT_DIR/runs).",
-                         choices=["none", "tensorboard"])
-    save_strategy: str | None = arg(None, "When to save a checkpoint to resume from (OUTPUT_DIR/checkpoint-STEP): no, "
-                                          "every --save-steps steps, or every epoch (default: no; steps when "
-                                          "--save-steps is given).", choices=["no", "steps", "epoch"])
-    save_steps: int | None = arg(None, "Save a checkpoint every this many optimizer steps; given alone, it sets "
-                                       "--save-strategy steps, as in the HF Trainer (default: 500 with --save-strategy "
-                                       "steps).")
-    save_total_limit: int = arg(0, "Keep only the newest this many checkpoints (0: all); with "
-                                   "--load-best-model-at-end the best one is kept as well.")
-    resume_from_checkpoint: str | None = arg(None, "Continue an interrupted run exactly: --resume alone takes the newest "
-                                                   "complete checkpoint in --output-dir, --resume PATH a given one.",
-                                             aliases=["--resume"], nargs="?", const="latest", metavar="PATH")
-    load_best_model_at_end: bool = arg(False, "End with the weights of the best evaluation by --metric-for-best-model "
-                                              "(a checkpoint is saved at each new best and never rotated away).")
-    metric_for_best_model: str | None = arg(None, "Metric that picks the best model and drives early stopping, e.g. "
-                                                  "f1 for eval_f1 (default: the --task's main metric, else loss).")
-    greater_is_better: bool | None = arg(None, "Whether a higher --metric-for-best-model is better (default: no for "
-                                               "a loss or mse, yes otherwise).")
-    early_stopping_patience: int = arg(0, "Stop after this many evaluations in a row without a new best "
-                                          "--metric-for-best-model (0: never).")
-    skip_nonfinite: bool = arg(False, "Skip an optimizer step whose loss or gradient is NaN/inf (counted as "
-                                      "skipped_steps) instead of stopping with an error naming the step.")
-    evaluation_strategy: str | None = arg(None, "Old name of --eval-strategy (the course uses it).",
-                                          hidden=True)
+    ddp_timeout: int = arg(
+        1800,
+        "Seconds the processes of a distributed run wait for each other (joining the "
+        "group, collectives) before giving up with an error.",
+    )
+    disable_tqdm: bool = arg(
+        False,
+        "No progress bars and no periodic training-loss lines (evaluation lines and errors still print).",
+        aliases=["--quiet"],
+    )
+    report_to: str = arg(
+        "none", "Also log to TensorBoard (event files in OUTPUT_DIR/runs).", choices=["none", "tensorboard"]
+    )
+    save_strategy: str | None = arg(
+        None,
+        "When to save a checkpoint to resume from (OUTPUT_DIR/checkpoint-STEP): no, "
+        "every --save-steps steps, or every epoch (default: no; steps when "
+        "--save-steps is given).",
+        choices=["no", "steps", "epoch"],
+    )
+    save_steps: int | None = arg(
+        None,
+        "Save a checkpoint every this many optimizer steps; given alone, it sets "
+        "--save-strategy steps, as in the HF Trainer (default: 500 with --save-strategy "
+        "steps).",
+    )
+    save_total_limit: int = arg(
+        0,
+        "Keep only the newest this many checkpoints (0: all); with "
+        "--load-best-model-at-end the best one is kept as well.",
+    )
+    resume_from_checkpoint: str | None = arg(
+        None,
+        "Continue an interrupted run exactly: --resume alone takes the newest "
+        "complete checkpoint in --output-dir, --resume PATH a given one.",
+        aliases=["--resume"],
+        nargs="?",
+        const="latest",
+        metavar="PATH",
+    )
+    load_best_model_at_end: bool = arg(
+        False,
+        "End with the weights of the best evaluation by --metric-for-best-model "
+        "(a checkpoint is saved at each new best and never rotated away).",
+    )
+    metric_for_best_model: str | None = arg(
+        None,
+        "Metric that picks the best model and drives early stopping, e.g. "
+        "f1 for eval_f1 (default: the --task's main metric, else loss).",
+    )
+    greater_is_better: bool | None = arg(
+        None, "Whether a higher --metric-for-best-model is better (default: no for a loss or mse, yes otherwise)."
+    )
+    early_stopping_patience: int = arg(
+        0, "Stop after this many evaluations in a row without a new best --metric-for-best-model (0: never)."
+    )
+    skip_nonfinite: bool = arg(
+        False,
+        "Skip an optimizer step whose loss or gradient is NaN/inf (counted as "
+        "skipped_steps) instead of stopping with an error naming the step.",
+    )
+    evaluation_strategy: str | None = arg(None, "Old name of --eval-strategy (the course uses it).", hidden=True)
 
     def __post_init__(self) -> None:
         if self.evaluation_strategy is not None:
@@ -133,31 +197,52 @@ class TrainingArguments:
         if self.save_strategy is None:
             self.save_strategy = "no" if self.save_steps is None else "steps"
         elif self.save_steps is not None and self.save_strategy != "steps":
-            p.append(f"--save-steps {self.save_steps} has no effect with --save-strategy {self.save_strategy}: "
-                     f"use --save-strategy steps, or leave --save-strategy out")
+            p.append(
+                f"--save-steps {self.save_steps} has no effect with --save-strategy {self.save_strategy}: "
+                f"use --save-strategy steps, or leave --save-strategy out"
+            )
         if self.save_steps is None:
             self.save_steps = 500
         if self.eval_strategy is None:
             self.eval_strategy = "steps" if self.eval_steps else "epoch"
         elif self.eval_steps and self.eval_strategy != "steps":
-            p.append(f"--eval-steps {self.eval_steps} has no effect with --eval-strategy {self.eval_strategy}: "
-                     f"use --eval-strategy steps, or leave --eval-strategy out")
+            p.append(
+                f"--eval-steps {self.eval_steps} has no effect with --eval-strategy {self.eval_strategy}: "
+                f"use --eval-strategy steps, or leave --eval-strategy out"
+            )
         if self.save_total_limit and self.save_strategy == "no" and not self.load_best_model_at_end:
-            p.append(f"--save-total-limit {self.save_total_limit} has no effect: no checkpoints are saved "
-                     f"(--save-strategy no)")
+            p.append(
+                f"--save-total-limit {self.save_total_limit} has no effect: no checkpoints are saved "
+                f"(--save-strategy no)"
+            )
         if self.metric_for_best_model and not (self.load_best_model_at_end or self.early_stopping_patience):
-            p.append(f"--metric-for-best-model {self.metric_for_best_model} has no effect without "
-                     f"--load-best-model-at-end or --early-stopping-patience")
+            p.append(
+                f"--metric-for-best-model {self.metric_for_best_model} has no effect without "
+                f"--load-best-model-at-end or --early-stopping-patience"
+            )
         return p
 
     def problems(self) -> list[str]:
         p = []
-        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
-                     "logging_steps"):
+        for name in (
+            "per_device_train_batch_size",
+            "per_device_eval_batch_size",
+            "gradient_accumulation_steps",
+            "logging_steps",
+        ):
             if getattr(self, name) < 1:
                 p.append(f"{flag(name)} must be >= 1, got {getattr(self, name)}")
-        for name in ("learning_rate", "weight_decay", "max_grad_norm", "adam_epsilon", "num_train_epochs",
-                     "warmup_steps", "eval_steps", "pad_to_multiple_of", "dataloader_num_workers"):
+        for name in (
+            "learning_rate",
+            "weight_decay",
+            "max_grad_norm",
+            "adam_epsilon",
+            "num_train_epochs",
+            "warmup_steps",
+            "eval_steps",
+            "pad_to_multiple_of",
+            "dataloader_num_workers",
+        ):
             value = getattr(self, name)
             if not value >= 0:  # also catches NaN
                 p.append(f"{flag(name)} must be >= 0, got {value}")
@@ -177,13 +262,19 @@ class TrainingArguments:
         return p + self._checkpoint_problems()
 
     def _checkpoint_problems(self) -> list[str]:
-        p = [f"{flag(n)} must be >= 0, got {getattr(self, n)}"
-             for n in ("save_total_limit", "early_stopping_patience") if not getattr(self, n) >= 0]
+        p = [
+            f"{flag(n)} must be >= 0, got {getattr(self, n)}"
+            for n in ("save_total_limit", "early_stopping_patience")
+            if not getattr(self, n) >= 0
+        ]
         if self.save_steps < 1:
             p.append(f"--save-steps must be >= 1, got {self.save_steps}")
         if self.eval_strategy == "no":
-            p += [f"{flag(n)} needs evaluations: set --eval-strategy to steps or epoch"
-                  for n in ("load_best_model_at_end", "early_stopping_patience") if getattr(self, n)]
+            p += [
+                f"{flag(n)} needs evaluations: set --eval-strategy to steps or epoch"
+                for n in ("load_best_model_at_end", "early_stopping_patience")
+                if getattr(self, n)
+            ]
         if self.resume_from_checkpoint is not None and not str(self.resume_from_checkpoint).strip():
             p.append("--resume-from-checkpoint: empty path (give a checkpoint directory, or --resume alone)")
         return p
@@ -211,8 +302,11 @@ def default_model() -> str:
 class DataArguments:
     """What to train on: the model and the data."""
 
-    model: str | None = arg(None, "Model: a Hub id or a local directory (default: the packaged all-MiniLM-L6-v2).",
-                            aliases=["--model-name-or-path"])
+    model: str | None = arg(
+        None,
+        "Model: a Hub id or a local directory (default: the packaged all-MiniLM-L6-v2).",
+        aliases=["--model-name-or-path"],
+    )
     task: str | None = arg(None, "GLUE task: cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte or wnli.")
     data_dir: str | None = arg(None, "Directory of the task's official GLUE TSV files (default: the Hub).")
     train_file: str | None = arg(None, "Training file (.csv, .tsv, .json, .jsonl or .parquet).")
@@ -220,19 +314,32 @@ class DataArguments:
     test_file: str | None = arg(None, "Test file, for predict.")
     text_columns: list[str] = arg([], "Text column(s), one or two (default: detected).")
     label_column: str | None = arg(None, "Label column (default: label).")
-    problem_type: str | None = arg(None, "single_label_classification, regression or multi_label_classification "
-                                         "(default: from the labels: lists or --label-delimiter make it multi-label, "
-                                         "numbers with a fractional part a regression, anything else classes; "
-                                         "integer targets of a regression need it).",
-                                   choices=list(KINDS))
-    label_delimiter: str | None = arg(None, "Labels are sets joined by this, e.g. ',' for '3,27': multi-label "
-                                            "classification (JSON/Parquet lists need no delimiter).")
-    label_names: str | None = arg(None, "A file with one class name per line (e.g. GoEmotions' labels.txt): the "
-                                        "classes and their order; integer labels that are not names index into it.")
-    threshold: float = arg(0.5, "Multi-label: a class is predicted when its probability is above this (the "
-                                "GoEmotions paper uses 0.3); it changes predictions and metrics, not training.")
-    column_names: list[str] = arg([], "The CSV/TSV files have no header row; these are their columns, e.g. "
-                                      "--column-names text labels id.")
+    problem_type: str | None = arg(
+        None,
+        "single_label_classification, regression or multi_label_classification "
+        "(default: from the labels: lists or --label-delimiter make it multi-label, "
+        "numbers with a fractional part a regression, anything else classes; "
+        "integer targets of a regression need it).",
+        choices=list(KINDS),
+    )
+    label_delimiter: str | None = arg(
+        None,
+        "Labels are sets joined by this, e.g. ',' for '3,27': multi-label "
+        "classification (JSON/Parquet lists need no delimiter).",
+    )
+    label_names: str | None = arg(
+        None,
+        "A file with one class name per line (e.g. GoEmotions' labels.txt): the "
+        "classes and their order; integer labels that are not names index into it.",
+    )
+    threshold: float = arg(
+        0.5,
+        "Multi-label: a class is predicted when its probability is above this (the "
+        "GoEmotions paper uses 0.3); it changes predictions and metrics, not training.",
+    )
+    column_names: list[str] = arg(
+        [], "The CSV/TSV files have no header row; these are their columns, e.g. --column-names text labels id."
+    )
     max_length: int = arg(0, "Truncate inputs to this many tokens (0: the model's limit, at most 512).")
     max_train_samples: int = arg(0, "Use only the first N training examples (0: all).")
     max_eval_samples: int = arg(0, "Use only the first N evaluation examples (0: all).")
@@ -241,15 +348,19 @@ class DataArguments:
 
     def __post_init__(self) -> None:
         self.model = self.model or default_model()
-        problems = [f"{flag(n)} must be >= 0, got {getattr(self, n)}"
-                    for n in ("max_length", "max_train_samples", "max_eval_samples", "preprocessing_num_workers")
-                    if getattr(self, n) < 0]
+        problems = [
+            f"{flag(n)} must be >= 0, got {getattr(self, n)}"
+            for n in ("max_length", "max_train_samples", "max_eval_samples", "preprocessing_num_workers")
+            if getattr(self, n) < 0
+        ]
         if len(self.text_columns) > 2:
             problems.append(f"--text-columns takes one or two columns, got {len(self.text_columns)}")
         if self.problem_type is not None and self.problem_type not in KINDS:
             problems.append(f"--problem-type must be one of {', '.join(KINDS)}, got {self.problem_type!r}")
         if self.label_delimiter is not None and self.problem_type not in (None, MULTI):
-            problems.append(f"--label-delimiter makes labels sets (multi-label), not --problem-type {self.problem_type}")
+            problems.append(
+                f"--label-delimiter makes labels sets (multi-label), not --problem-type {self.problem_type}"
+            )
         if not 0 < self.threshold < 1:
             problems.append(f"--threshold must be in (0, 1), got {self.threshold}")
         if self.label_delimiter is not None and not self.label_delimiter.strip():
@@ -268,8 +379,10 @@ class DataArguments:
             raise LeantuneError(f"--label-names {path}: cannot read: {getattr(e, 'strerror', None) or e}") from None
         repeated = [n for i, n in enumerate(names) if n in names[:i]]
         if len(names) < 2 or repeated:
-            raise LeantuneError(f"--label-names {path}: needs two or more distinct names, one per line"
-                                + (f" ({repeated[0]!r} is there twice)" if repeated else ""))
+            raise LeantuneError(
+                f"--label-names {path}: needs two or more distinct names, one per line"
+                + (f" ({repeated[0]!r} is there twice)" if repeated else "")
+            )
         return names
 
     def to_dict(self) -> dict[str, Any]:
@@ -280,9 +393,12 @@ class DataArguments:
 class RunArguments:
     """Run-level options of `leantune train` (the recipe's, not the Trainer's)."""
 
-    seeds: str | None = arg(None, "Comma-separated seeds, e.g. 1,2,3,4,5: one fine-tune per seed in OUTPUT_DIR/seed-N "
-                                  "(overrides --seed), then OUTPUT_DIR/summary.json (mean, std, min, max per metric) "
-                                  "and the best seed's model copied to OUTPUT_DIR/best.")
+    seeds: str | None = arg(
+        None,
+        "Comma-separated seeds, e.g. 1,2,3,4,5: one fine-tune per seed in OUTPUT_DIR/seed-N "
+        "(overrides --seed), then OUTPUT_DIR/summary.json (mean, std, min, max per metric) "
+        "and the best seed's model copied to OUTPUT_DIR/best.",
+    )
 
     def __post_init__(self) -> None:
         self.seed_list  # noqa: B018 -- parses, so a bad --seeds fails before any work
@@ -309,9 +425,12 @@ class RunArguments:
 class ProcessArguments:
     """Settings of the `leantune` command's own process (a library call never makes them)."""
 
-    tune_process: bool = arg(True, "At start-up, tune this process for CPU training: MKL's code paths by the CPU's "
-                                   "instruction sets on non-Intel CPUs, and glibc keeping freed memory for reuse "
-                                   "(resident size stays at its peak). Logged; see leantune/speed/process.py.")
+    tune_process: bool = arg(
+        True,
+        "At start-up, tune this process for CPU training: MKL's code paths by the CPU's "
+        "instruction sets on non-Intel CPUs, and glibc keeping freed memory for reuse "
+        "(resident size stays at its peak). Logged; see leantune/speed/process.py.",
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -342,8 +461,13 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, .
             base = list(typing.get_args(base[0]))
         if "nargs" in f.metadata:  # e.g. --resume [PATH]: a value is optional, `const` stands in for it
             kw.update(nargs=f.metadata["nargs"], const=f.metadata.get("const"))
-        group.add_argument(*names, type=base[0], choices=f.metadata.get("choices"),
-                           metavar=f.metadata.get("metavar", f.name.upper()), **kw)
+        group.add_argument(
+            *names,
+            type=base[0],
+            choices=f.metadata.get("choices"),
+            metavar=f.metadata.get("metavar", f.name.upper()),
+            **kw,
+        )
 
 
 def from_namespace(cls: type, ns: argparse.Namespace, **overrides: Any) -> Any:

@@ -111,9 +111,13 @@ class NonFiniteGuard:
             seen.append(f"loss {float(loss):g}")
         if grad_norm is not None:
             seen.append(f"gradient norm {float(grad_norm):g}")
-        kept = f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was saved"
-        raise LeantuneError(f"non-finite loss or gradient at step {step}{' (' + ', '.join(seen) + ')' if seen else ''}; "
-                            f"{kept}; lower --learning-rate, or pass --skip-nonfinite to skip such steps")
+        kept = (
+            f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was saved"
+        )
+        raise LeantuneError(
+            f"non-finite loss or gradient at step {step}{' (' + ', '.join(seen) + ')' if seen else ''}; "
+            f"{kept}; lower --learning-rate, or pass --skip-nonfinite to skip such steps"
+        )
 
 
 class BestTracker:
@@ -133,12 +137,16 @@ class BestTracker:
         """The tracked metric of an evaluation (for several eval sets: the first set's)."""
         if self.metric in metrics:
             return float(metrics[self.metric])
-        suffix = self.metric[len("eval"):]
+        suffix = self.metric[len("eval") :]
         found = [k for k in metrics if k.startswith("eval_") and k.endswith(suffix)]
         if not found:
-            names = sorted({k for k in metrics if k.startswith("eval") and not k.endswith(("runtime", "second", "samples"))})
-            raise LeantuneError(f"--metric-for-best-model {self.metric.removeprefix('eval_')}: the evaluation has no "
-                                f"such metric; it has: {', '.join(names)}")
+            names = sorted(
+                {k for k in metrics if k.startswith("eval") and not k.endswith(("runtime", "second", "samples"))}
+            )
+            raise LeantuneError(
+                f"--metric-for-best-model {self.metric.removeprefix('eval_')}: the evaluation has no "
+                f"such metric; it has: {', '.join(names)}"
+            )
         return float(metrics[found[0]])
 
     def update(self, metrics: dict[str, float], step: int) -> bool:
@@ -156,8 +164,14 @@ class BestTracker:
         return self.patience > 0 and self.bad_evals >= self.patience
 
     def state_dict(self) -> dict[str, Any]:
-        return {"metric": self.metric, "greater_is_better": self.greater_is_better, "best": self.best,
-                "best_step": self.best_step, "checkpoint": self.checkpoint, "bad_evals": self.bad_evals}
+        return {
+            "metric": self.metric,
+            "greater_is_better": self.greater_is_better,
+            "best": self.best,
+            "best_step": self.best_step,
+            "checkpoint": self.checkpoint,
+            "bad_evals": self.bad_evals,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("metric") == self.metric:  # a different metric now: start tracking afresh

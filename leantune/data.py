@@ -50,8 +50,9 @@ def load_glue(task: str | GlueTask, data_dir: str | os.PathLike | None = None) -
 
 
 def glue_features(t: GlueTask) -> Features:
-    return Features({**{c: Value("string") for c in t.text_columns}, "label": t.problem.label_feature(),
-                     "idx": Value("int32")})
+    return Features(
+        {**{c: Value("string") for c in t.text_columns}, "label": t.problem.label_feature(), "idx": Value("int32")}
+    )
 
 
 def _read_glue_tsv(t: GlueTask, path: Path, is_test: bool) -> Dataset:
@@ -162,7 +163,9 @@ def tokenize(
     for split, ds in dsd.items():
         missing = [c for c in text_columns if c not in ds.column_names]
         if missing:
-            raise LeantuneError(f"split {split!r}: column {missing[0]!r} not found; columns are: {column_list(ds.column_names)}")
+            raise LeantuneError(
+                f"split {split!r}: column {missing[0]!r} not found; columns are: {column_list(ds.column_names)}"
+            )
         if len(ds) == 0:
             raise LeantuneError(f"split {split!r} is empty")
     model_limit = getattr(tokenizer, "model_max_length", 512) or 512
@@ -171,8 +174,10 @@ def tokenize(
     # the special tokens ([CLS] ... [SEP] ... [SEP]) plus one token of each text: below that a text is cut away
     smallest = tokenizer.num_special_tokens_to_add(pair=len(text_columns) == 2) + len(text_columns)
     if max_length and max_length < smallest:
-        raise LeantuneError(f"--max-length {max_length}: at least {smallest} tokens are needed (the model's special "
-                            f"tokens and one token of each of the {len(text_columns)} text(s))")
+        raise LeantuneError(
+            f"--max-length {max_length}: at least {smallest} tokens are needed (the model's special "
+            f"tokens and one token of each of the {len(text_columns)} text(s))"
+        )
     limit = max_length or min(model_limit, 512)  # longer texts are truncated to this, silently (as HF does)
     keep_tt = "token_type_ids" in tokenizer.model_input_names
     key = _cache_key(dsd, tokenizer, tuple(text_columns), limit, keep_tt)
@@ -182,15 +187,28 @@ def tokenize(
         return datasets.load_from_disk(str(path))
 
     def encode(batch: dict[str, list]) -> dict[str, list]:
-        enc = tokenizer(*[batch[c] for c in text_columns], truncation=True, max_length=limit,
-                        return_token_type_ids=keep_tt, return_attention_mask=False)
+        enc = tokenizer(
+            *[batch[c] for c in text_columns],
+            truncation=True,
+            max_length=limit,
+            return_token_type_ids=keep_tt,
+            return_attention_mask=False,
+        )
         return dict(enc)
 
-    out = DatasetDict({
-        split: ds.map(encode, batched=True, num_proc=num_proc, remove_columns=list(text_columns),
-                      desc=f"tokenize {split}", load_from_cache_file=True)
-        for split, ds in dsd.items()
-    })
+    out = DatasetDict(
+        {
+            split: ds.map(
+                encode,
+                batched=True,
+                num_proc=num_proc,
+                remove_columns=list(text_columns),
+                desc=f"tokenize {split}",
+                load_from_cache_file=True,
+            )
+            for split, ds in dsd.items()
+        }
+    )
     _save_atomic(out, root, path)
     return datasets.load_from_disk(str(path)) if path.exists() else out
 
@@ -206,8 +224,14 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 def _cache_key(dsd: DatasetDict, tokenizer, cols: tuple[str, ...], limit: int, keep_tt: bool) -> str:
     # Dataset fingerprints hash the content (in-memory tables) or the cache files (Hub datasets).
-    parts = [sorted((s, ds._fingerprint) for s, ds in dsd.items()), tokenizer_fingerprint(tokenizer),
-             cols, limit, keep_tt, 1]  # the trailing number is the cache format version
+    parts = [
+        sorted((s, ds._fingerprint) for s, ds in dsd.items()),
+        tokenizer_fingerprint(tokenizer),
+        cols,
+        limit,
+        keep_tt,
+        1,
+    ]  # the trailing number is the cache format version
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:20]
 
 

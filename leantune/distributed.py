@@ -50,7 +50,7 @@ def shard(batch: list[int], rank: int, world: int) -> list[int]:
         batch = batch + batch[: world - len(batch)]
     size, extra = divmod(len(batch), world)
     start = rank * size + min(rank, extra)
-    return batch[start:start + size + (rank < extra)]
+    return batch[start : start + size + (rank < extra)]
 
 
 def eval_batches(batches: Sequence[list[int]], rank: int, world: int) -> list[list[int]]:
@@ -89,14 +89,15 @@ def make_accelerator(args: Any) -> Any:
     autocast = AutocastKwargs(cache_enabled=False)
     try:
         # cpu=True lets torchrun/accelerate launch run several CPU processes (gloo) where there is no GPU
-        return Accelerator(mixed_precision=args.mixed_precision, cpu=on_cpu(args),
-                           kwargs_handlers=[kwargs, autocast])
+        return Accelerator(mixed_precision=args.mixed_precision, cpu=on_cpu(args), kwargs_handlers=[kwargs, autocast])
     except (RuntimeError, ValueError, OSError) as e:
         env = {k: os.environ.get(k, "?") for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise LeantuneError(f"cannot join the distributed run as rank {env['RANK']} of {env['WORLD_SIZE']} at "
-                            f"{env['MASTER_ADDR']}:{env['MASTER_PORT']} within --ddp-timeout {args.ddp_timeout}s "
-                            f"(check the launcher's --nnodes/--nproc-per-node and rendezvous address): {first}") from None
+        raise LeantuneError(
+            f"cannot join the distributed run as rank {env['RANK']} of {env['WORLD_SIZE']} at "
+            f"{env['MASTER_ADDR']}:{env['MASTER_PORT']} within --ddp-timeout {args.ddp_timeout}s "
+            f"(check the launcher's --nnodes/--nproc-per-node and rendezvous address): {first}"
+        ) from None
 
 
 def set_threads_per_process(cpu: bool) -> None:

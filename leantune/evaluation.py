@@ -70,8 +70,9 @@ class EvaluationLoop:
         runtime = time.perf_counter() - start
         return self._finish_eval(logits, labels, positions, labelled, prefix, runtime, log)
 
-    def _finish_eval(self, logits, labels, positions, labelled: bool, prefix: str, runtime: float,
-                     log: bool) -> PredictionOutput:
+    def _finish_eval(
+        self, logits, labels, positions, labelled: bool, prefix: str, runtime: float, log: bool
+    ) -> PredictionOutput:
         pos = torch.cat(positions).cpu().numpy()
         # restore the dataset's order (and drop any duplicate a distributed sampler padded in)
         pos, first = np.unique(pos, return_index=True)
@@ -85,8 +86,13 @@ class EvaluationLoop:
                 task = self.compute_metrics(EvalPrediction(lg.numpy(), lb.numpy()))
                 metrics.update({f"{prefix}_{k}": float(v) for k, v in task.items()})
         n = len(pos)
-        metrics.update({f"{prefix}_runtime": round(runtime, 4), f"{prefix}_samples_per_second": round(n / runtime, 3),
-                        f"{prefix}_samples": n})
+        metrics.update(
+            {
+                f"{prefix}_runtime": round(runtime, 4),
+                f"{prefix}_samples_per_second": round(n / runtime, 3),
+                f"{prefix}_samples": n,
+            }
+        )
         if log:
             metrics["epoch"] = round(self.epoch, 4)
             self.log.record({"step": self.global_step, **metrics}, kind="eval")
@@ -104,5 +110,8 @@ class EvaluationLoop:
     def _model_inputs(self, batch: dict[str, torch.Tensor], with_labels: bool = True) -> dict[str, torch.Tensor]:
         device = self.accelerator.device
         # a packed batch's sequence boundaries go to the attention function through the model's **kwargs
-        return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()
-                if (k in self._forward_args or k in PACKED_KEYS) and (with_labels or k != "labels")}
+        return {
+            k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
+            for k, v in batch.items()
+            if (k in self._forward_args or k in PACKED_KEYS) and (with_labels or k != "labels")
+        }

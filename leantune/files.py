@@ -86,10 +86,17 @@ def load_files(
                 f"{files[split]}: column {missing[0]!r} not found; columns are: {column_list(df.columns)}"
             )
     # a test file whose label column is blank throughout is unlabelled, like GLUE's test files
-    labelled = {s: df for s, df in frames.items() if label_column in df.columns
-                and not (s.startswith("test") and all(_blank(v) for v in df[label_column].tolist()))}
-    multi = problem_type == MULTI or bool(label_delimiter) or any(
-        _is_list(v) for df in labelled.values() for v in df[label_column].tolist())
+    labelled = {
+        s: df
+        for s, df in frames.items()
+        if label_column in df.columns
+        and not (s.startswith("test") and all(_blank(v) for v in df[label_column].tolist()))
+    }
+    multi = (
+        problem_type == MULTI
+        or bool(label_delimiter)
+        or any(_is_list(v) for df in labelled.values() for v in df[label_column].tolist())
+    )
     for split, df in frames.items():
         _check_cells(df, texts, label_column if split in labelled else None, files[split], multi)
     if not labelled and any(not s.startswith("test") for s in frames):
@@ -102,8 +109,13 @@ def load_files(
     source = {"train": labelled["train"]} if "train" in labelled else labelled
     if multi:
         sets = {s: _label_sets(df, label_column, label_delimiter, files[s]) for s, df in labelled.items()}
-        names = tuple(label_names) if label_names else _class_names(
-            [x for s in source for row in sets[s] for x in row], label_column, files[next(iter(source))])
+        names = (
+            tuple(label_names)
+            if label_names
+            else _class_names(
+                [x for s in source for row in sets[s] for x in row], label_column, files[next(iter(source))]
+            )
+        )
         problem = ProblemType.multi_label(names)
         encoded = {s: _encode_sets(sets[s], problem, label_column, files[s]) for s in labelled}
     else:
@@ -126,8 +138,9 @@ def _read_table(path: Path, column_names: list[str] | tuple[str, ...] | None = N
     if suffix not in FILE_FORMATS:
         raise LeantuneError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(FILE_FORMATS)}")
     if column_names and suffix not in (".csv", ".tsv"):
-        raise LeantuneError(f"{path}: --column-names is for CSV/TSV files without a header row (JSON and Parquet "
-                            f"name their columns)")
+        raise LeantuneError(
+            f"{path}: --column-names is for CSV/TSV files without a header row (JSON and Parquet name their columns)"
+        )
     if path.is_dir():
         raise LeantuneError(f"{path}: is a directory, not a file")
     if not path.is_file():
@@ -180,21 +193,25 @@ def _read_delimited(path: Path, suffix: str, column_names: list[str] | tuple[str
         return _read_headerless(path, sep, quoting, list(column_names))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", pd.errors.ParserWarning)
-        df = pd.read_csv(path, sep=sep, quoting=quoting, dtype=str, keep_default_na=False, encoding="utf-8-sig",
-                         index_col=False)
+        df = pd.read_csv(
+            path, sep=sep, quoting=quoting, dtype=str, keep_default_na=False, encoding="utf-8-sig", index_col=False
+        )
     with open(path, encoding="utf-8-sig", newline="") as f:
         rows = csv.reader(f, delimiter=sep, quoting=quoting)
         header = next(rows, [])
         repeated = [c for i, c in enumerate(header) if c in header[:i]]
         if repeated:
             where = [i + 1 for i, c in enumerate(header) if c == repeated[0]]
-            raise LeantuneError(f"{path}: column {repeated[0]!r} appears more than once in the header (columns "
-                                f"{few(where)})")
+            raise LeantuneError(
+                f"{path}: column {repeated[0]!r} appears more than once in the header (columns {few(where)})"
+            )
         if any(issubclass(w.category, pd.errors.ParserWarning) for w in caught):  # rows longer than the header
             for line, row in enumerate(rows, start=2):
-                if any(cell.strip() for cell in row[len(header):]):
-                    raise LeantuneError(f"{path}: line {line} has {len(row)} fields but the header has {len(header)} "
-                                        f"({column_list(header)})")
+                if any(cell.strip() for cell in row[len(header) :]):
+                    raise LeantuneError(
+                        f"{path}: line {line} has {len(row)} fields but the header has {len(header)} "
+                        f"({column_list(header)})"
+                    )
     return df
 
 
@@ -207,10 +224,21 @@ def _read_headerless(path: Path, sep: str, quoting: int, names: list[str]):
     with open(path, encoding="utf-8-sig", newline="") as f:
         for line, row in enumerate(csv.reader(f, delimiter=sep, quoting=quoting), start=1):
             if row and len(row) != len(names):
-                raise LeantuneError(f"{path}: line {line} has {len(row)} fields but --column-names gives "
-                                    f"{len(names)} ({column_list(names)})")
-    return pd.read_csv(path, sep=sep, quoting=quoting, dtype=str, keep_default_na=False, encoding="utf-8-sig",
-                       header=None, names=names, index_col=False)
+                raise LeantuneError(
+                    f"{path}: line {line} has {len(row)} fields but --column-names gives "
+                    f"{len(names)} ({column_list(names)})"
+                )
+    return pd.read_csv(
+        path,
+        sep=sep,
+        quoting=quoting,
+        dtype=str,
+        keep_default_na=False,
+        encoding="utf-8-sig",
+        header=None,
+        names=names,
+        index_col=False,
+    )
 
 
 def _check_delimiter(df, suffix: str, path: Path) -> None:
@@ -246,8 +274,10 @@ def _check_cells(df, texts: tuple[str, ...], label_column: str | None, path, mul
         lists = [i + 1 for i, v in enumerate(values) if _is_list(v)]
         singles = [v for v in values if not _is_list(v) and not _blank(v)]  # blanks are named as empty below
         if lists and (singles or not multi):
-            raise LeantuneError(f"{path}: column {label_column!r} mixes lists (multi-label) and single labels; "
-                                f"lists on rows {few(lists)}")
+            raise LeantuneError(
+                f"{path}: column {label_column!r} mixes lists (multi-label) and single labels; "
+                f"lists on rows {few(lists)}"
+            )
     if label_column:  # blank, null (JSON null, a Parquet null) or missing (a JSON line without the key)
         empty = [i + 1 for i, v in enumerate(df[label_column].tolist()) if _blank(v)]
         if empty:
@@ -260,12 +290,17 @@ def _guess_text_columns(df, label_column: str, path) -> tuple[str, ...]:
         if all(c in cols for c in guess):
             return guess
     stringy = [
-        c for c in cols
-        if c != label_column and c.lower() not in _ID_LIKE
-        and df[c].map(lambda v: isinstance(v, str)).all() and not _all_numeric(df[c].tolist())
+        c
+        for c in cols
+        if c != label_column
+        and c.lower() not in _ID_LIKE
+        and df[c].map(lambda v: isinstance(v, str)).all()
+        and not _all_numeric(df[c].tolist())
     ]
     if not stringy:
-        raise LeantuneError(f"{path}: no text column found; columns are: {column_list(cols)} (name them with --text-columns)")
+        raise LeantuneError(
+            f"{path}: no text column found; columns are: {column_list(cols)} (name them with --text-columns)"
+        )
     return tuple(stringy[:2])
 
 
@@ -284,8 +319,9 @@ def _as_number(v: Any) -> float | None:
         return None
 
 
-def _infer_label_names(labelled: dict, label_column: str, files: dict,
-                       problem_type: str | None = None) -> tuple[str, ...] | None:
+def _infer_label_names(
+    labelled: dict, label_column: str, files: dict, problem_type: str | None = None
+) -> tuple[str, ...] | None:
     """The classes of single-label data (None: a regression)."""
     values = [v for df in labelled.values() for v in df[label_column].tolist()]
     numbers = [_as_number(v) for v in values]
@@ -300,12 +336,15 @@ def _infer_label_names(labelled: dict, label_column: str, files: dict,
         if problem_type == REGRESSION or (fractional and problem_type is None):
             return None
         if fractional:
-            raise LeantuneError(f"{where}: column {label_column!r} has numbers with a fractional part, which are no "
-                                f"class names (--problem-type {problem_type}); leave --problem-type out for a regression")
+            raise LeantuneError(
+                f"{where}: column {label_column!r} has numbers with a fractional part, which are no "
+                f"class names (--problem-type {problem_type}); leave --problem-type out for a regression"
+            )
     elif problem_type == REGRESSION:
         bad = [i + 1 for i, n in enumerate(numbers) if n is None]
-        raise LeantuneError(f"{where}: column {label_column!r} must be numbers for a regression; bad values on rows "
-                            f"{few(bad)}")
+        raise LeantuneError(
+            f"{where}: column {label_column!r} must be numbers for a regression; bad values on rows {few(bad)}"
+        )
     return _class_names([str(v).strip() for v in values], label_column, where)
 
 
@@ -319,13 +358,17 @@ def _class_names(labels: list[str], label_column: str, where: Any) -> tuple[str,
     else:
         names = tuple(sorted(distinct))
     if len(names) > MAX_CLASSES:
-        raise LeantuneError(f"{where}: column {label_column!r} has {len(names):,} distinct labels, too many classes "
-                            f"(at most {MAX_CLASSES:,}); labels with a fractional part make a regression task")
+        raise LeantuneError(
+            f"{where}: column {label_column!r} has {len(names):,} distinct labels, too many classes "
+            f"(at most {MAX_CLASSES:,}); labels with a fractional part make a regression task"
+        )
     if not names:
         raise LeantuneError(f"{where}: column {label_column!r} holds no label at all (every set is empty)")
     if len(names) < 2:
-        raise LeantuneError(f"{where}: column {label_column!r} has a single class ({names[0]!r}) in every row: a "
-                            f"classifier needs at least two")
+        raise LeantuneError(
+            f"{where}: column {label_column!r} has a single class ({names[0]!r}) in every row: a "
+            f"classifier needs at least two"
+        )
     return names
 
 
@@ -381,12 +424,11 @@ def _encode_sets(sets: list[list[str]], problem: ProblemType, column: str, path)
             continue
         out.append(problem.encode([names[k] for k in ids]))
     if bad:
-        raise LeantuneError(f"{path}: column {column!r} must hold labels of {list(names)}; bad values on rows "
-                            f"{few(bad)}")
+        raise LeantuneError(
+            f"{path}: column {column!r} must hold labels of {list(names)}; bad values on rows {few(bad)}"
+        )
     return out
 
 
 def _text(v: Any) -> str:
     return "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
-
-

@@ -43,9 +43,12 @@ def fmt(value: Any) -> str:
 
 
 def page(title: str, subtitle: str, sections: Iterable[str]) -> str:
-    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{esc(title)}</title>"
-            f"<style>{_CSS}</style></head>\n<body>\n<h1>{esc(title)}</h1>\n<p class=\"sub\">{subtitle}</p>\n"
-            + "\n".join(sections) + "\n</body></html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
+        f'<style>{_CSS}</style></head>\n<body>\n<h1>{esc(title)}</h1>\n<p class="sub">{subtitle}</p>\n'
+        + "\n".join(sections)
+        + "\n</body></html>\n"
+    )
 
 
 def section(heading: str, *parts: str) -> str:
@@ -53,18 +56,22 @@ def section(heading: str, *parts: str) -> str:
 
 
 def note(text: str) -> str:
-    return f"<p class=\"note\">{esc(text)}</p>"
+    return f'<p class="note">{esc(text)}</p>'
 
 
-def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], highlight: int | None = None,
-          raw: bool = False) -> str:
+def table(
+    headers: Sequence[str], rows: Iterable[Sequence[Any]], highlight: int | None = None, raw: bool = False
+) -> str:
     """A table; numeric cells right-aligned. `highlight`: index of a row to mark. `raw`: cells are HTML already."""
     head = "".join(f"<th>{esc(h)}</th>" for h in headers)
     body = []
     for i, row in enumerate(rows):
         cells = "".join(
-            f"<td class=\"num\">{fmt(c)}</td>" if isinstance(c, (int, float)) and not isinstance(c, bool)
-            else f"<td>{c if raw else esc(fmt(c))}</td>" for c in row)
+            f'<td class="num">{fmt(c)}</td>'
+            if isinstance(c, (int, float)) and not isinstance(c, bool)
+            else f"<td>{c if raw else esc(fmt(c))}</td>"
+            for c in row
+        )
         mark = ' class="best"' if i == highlight else ""
         body.append(f"<tr{mark}>{cells}</tr>")
     return f"<table><tr>{head}</tr>\n" + "\n".join(body) + "</table>"
@@ -73,4 +80,4 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], highlight: int 
 def image(out_dir: Path, name: str, data: bytes, alt: str) -> str:
     """Write `data` as OUT/name and embed it (base64), so the page needs no other file."""
     (out_dir / name).write_bytes(data)
-    return f"<p><img alt=\"{esc(alt)}\" src=\"data:image/png;base64,{base64.b64encode(data).decode()}\"></p>"
+    return f'<p><img alt="{esc(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode()}"></p>'

@@ -103,8 +103,9 @@ class GlueMetric:
         """The metrics of the given predictions, or of every batch added since the last compute()."""
         if predictions is None and references is None:
             if not self._predictions:
-                raise LeantuneError("compute() without predictions: pass predictions= and references=, or "
-                                    "add_batch() first")
+                raise LeantuneError(
+                    "compute() without predictions: pass predictions= and references=, or add_batch() first"
+                )
             predictions, references = np.concatenate(self._predictions), np.concatenate(self._references)
             self._predictions, self._references = [], []
         out = compute(self.names, _numpy(predictions), _numpy(references))
@@ -118,7 +119,9 @@ class GlueMetric:
 def load_metric(path: str, config_name: str | None = None, **_: Any) -> GlueMetric:
     """`load_metric("glue", "mrpc")`, as the course wrote it (also reachable as `load`)."""
     if path != "glue" or config_name is None:
-        raise LeantuneError(f"only GLUE metrics are available offline: load_metric('glue', <task>); tasks: {', '.join(GLUE_TASKS)}")
+        raise LeantuneError(
+            f"only GLUE metrics are available offline: load_metric('glue', <task>); tasks: {', '.join(GLUE_TASKS)}"
+        )
     return GlueMetric(config_name)
 
 
@@ -134,8 +137,9 @@ def _numpy(values: Any) -> Any:
     return values
 
 
-def build_compute_metrics(task: str | None = None, num_labels: int = 2, is_regression: bool = False,
-                          problem: Any = None) -> Callable[[EvalPrediction], dict[str, float]]:
+def build_compute_metrics(
+    task: str | None = None, num_labels: int = 2, is_regression: bool = False, problem: Any = None
+) -> Callable[[EvalPrediction], dict[str, float]]:
     """A `compute_metrics(eval_pred)` for the Trainer, by `problem` (a ProblemType; default: single-label with
     `num_labels` classes, or a regression)."""
     from leantune.problem import ProblemType

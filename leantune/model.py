@@ -11,8 +11,14 @@ from leantune.errors import LeantuneError
 from leantune.problem import ProblemType
 
 # Any one of these makes a directory's tokenizer; without them transformers builds an empty one silently.
-_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
-                    "tokenizer.model")
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "vocab.json",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "tokenizer.model",
+)
 
 
 def load_tokenizer(name: str) -> Any:
@@ -21,7 +27,9 @@ def load_tokenizer(name: str) -> Any:
     _check_exists(name)
     local = Path(name).expanduser()
     if local.is_dir() and not any((local / f).is_file() for f in _TOKENIZER_FILES):
-        raise LeantuneError(f"--model {name}: no tokenizer files in the directory (one of {', '.join(_TOKENIZER_FILES)})")
+        raise LeantuneError(
+            f"--model {name}: no tokenizer files in the directory (one of {', '.join(_TOKENIZER_FILES)})"
+        )
     try:
         tok = AutoTokenizer.from_pretrained(name)
     except (OSError, ValueError, TypeError) as e:
@@ -58,8 +66,11 @@ def load_model(name: str, problem: ProblemType | tuple[str, ...] | None = None, 
         hf_logging.set_verbosity(verbosity)
     new = sorted(set(info.get("missing_keys", [])) | {k for k, *_ in info.get("mismatched_keys", [])})
     if new and not quiet:
-        print(f"leantune: {len(new)} weights of {name} are new (the classification head: "
-              f"{', '.join(new[:4])}{' ...' if len(new) > 4 else ''}); fine-tuning trains them.", file=sys.stderr)
+        print(
+            f"leantune: {len(new)} weights of {name} are new (the classification head: "
+            f"{', '.join(new[:4])}{' ...' if len(new) > 4 else ''}); fine-tuning trains them.",
+            file=sys.stderr,
+        )
     return model
 
 

@@ -44,13 +44,15 @@ def build_optimizer(model: torch.nn.Module, args: TrainingArguments) -> torch.op
             (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
     groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     kernel = {"fused": True} if args.optim == "adamw_torch_fused" else {"foreach": True}
-    optimizer = torch.optim.AdamW(groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-                                  eps=args.adam_epsilon, **kernel)
+    optimizer = torch.optim.AdamW(
+        groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon, **kernel
+    )
     return full_shape_optimizer_state(optimizer)  # checkpoints look the same with or without compaction
 
 
-def clip_grad_norm(accelerator: Any, optimizer: torch.optim.Optimizer, parameters: Iterable[torch.nn.Parameter],
-                   max_norm: float) -> torch.Tensor:
+def clip_grad_norm(
+    accelerator: Any, optimizer: torch.optim.Optimizer, parameters: Iterable[torch.nn.Parameter], max_norm: float
+) -> torch.Tensor:
     """The total gradient norm, the gradients clipped to `max_norm` for the coming optimizer step.
 
     With the fused AdamW on CPU (and no fp16 grad scaler) the clip is folded into the step: the kernel
@@ -61,8 +63,12 @@ def clip_grad_norm(accelerator: Any, optimizer: torch.optim.Optimizer, parameter
     the exact norm than torch's float32 one). Elsewhere: Accelerate's clip_grad_norm_.
     """
     inner = getattr(optimizer, "optimizer", optimizer)  # inside Accelerate's AcceleratedOptimizer
-    foldable = (accelerator.scaler is None and accelerator.device.type == "cpu" and type(inner) is torch.optim.AdamW
-                and all(group.get("fused") for group in inner.param_groups))
+    foldable = (
+        accelerator.scaler is None
+        and accelerator.device.type == "cpu"
+        and type(inner) is torch.optim.AdamW
+        and all(group.get("fused") for group in inner.param_groups)
+    )
     if not foldable:
         return accelerator.clip_grad_norm_(parameters, max_norm)
     grads = [p.grad for p in parameters if p.grad is not None]

@@ -56,8 +56,11 @@ def loss_and_lr(train_records: list[dict[str, Any]]) -> bytes:
 
 def metric_keys(evaluation: dict[str, Any]) -> list[str]:
     """The quality metrics of an eval record (eval_f1, eval_accuracy, eval_loss...), in record order."""
-    return [k for k, v in evaluation.items() if k.startswith("eval") and isinstance(v, (int, float))
-            and not k.endswith(NOT_METRICS)]
+    return [
+        k
+        for k, v in evaluation.items()
+        if k.startswith("eval") and isinstance(v, (int, float)) and not k.endswith(NOT_METRICS)
+    ]
 
 
 def eval_metrics(evaluations: list[dict[str, Any]]) -> bytes:
@@ -89,15 +92,27 @@ def confusion_matrix(gold: Sequence[int], predicted: Sequence[int], names: Seque
     fig, (ax,) = new_figure(size + 1.2, size)
     im = ax.imshow(cm, cmap="Blues")
     fig.colorbar(im, ax=ax, shrink=0.8)
-    ax.set(xticks=range(k), yticks=range(k), xlabel="predicted", ylabel="gold",
-           title=f"confusion matrix ({cm.sum()} examples)")
+    ax.set(
+        xticks=range(k),
+        yticks=range(k),
+        xlabel="predicted",
+        ylabel="gold",
+        title=f"confusion matrix ({cm.sum()} examples)",
+    )
     ax.set_xticklabels(names, rotation=30, ha="right"), ax.set_yticklabels(names)
     rows = cm.sum(1, keepdims=True).clip(min=1)
     for i in range(k):
         for j in range(k):
             dark = cm[i, j] > cm.max() / 2
-            ax.text(j, i, f"{cm[i, j]}\n{cm[i, j] / rows[i, 0]:.0%}", ha="center", va="center",
-                    color="white" if dark else "black", fontsize="small")
+            ax.text(
+                j,
+                i,
+                f"{cm[i, j]}\n{cm[i, j] / rows[i, 0]:.0%}",
+                ha="center",
+                va="center",
+                color="white" if dark else "black",
+                fontsize="small",
+            )
     return png(fig)
 
 
@@ -116,8 +131,9 @@ def per_label_f1(names: Sequence[str], f1: Sequence[float], support: Sequence[in
     """Multi-label: each class's F1 on the last evaluation (bars), its gold count in the tick label."""
     fig, (ax,) = new_figure(max(6.0, 0.32 * len(names) + 2), 4)
     ax.bar(range(len(names)), f1, color="tab:blue", alpha=0.8)
-    ax.set_xticks(range(len(names)), [f"{n} ({s})" for n, s in zip(names, support)], rotation=70, ha="right",
-                  fontsize="small")
+    ax.set_xticks(
+        range(len(names)), [f"{n} ({s})" for n, s in zip(names, support)], rotation=70, ha="right", fontsize="small"
+    )
     ax.set(ylim=(0, 1), ylabel="F1", title=f"per-class F1 ({len(names)} classes; gold count in brackets)")
     ax.grid(alpha=0.3, axis="y")
     return png(fig)
@@ -149,8 +165,12 @@ def compare_curves(runs: dict[str, tuple[list[dict[str, Any]], list[dict[str, An
         if train:
             loss_ax.plot([r["step"] for r in train], [r["loss"] for r in train], label=label, alpha=0.85)
         if metric and evals:
-            met_ax.plot([r.get("epoch", i + 1) for i, r in enumerate(evals)], [r.get(metric, np.nan) for r in evals],
-                        marker="o", label=label)
+            met_ax.plot(
+                [r.get("epoch", i + 1) for i, r in enumerate(evals)],
+                [r.get(metric, np.nan) for r in evals],
+                marker="o",
+                label=label,
+            )
     loss_ax.set(title="training loss", xlabel="step")
     met_ax.set(title=metric or "no evaluations", xlabel="epoch")
     for ax in (loss_ax, met_ax):

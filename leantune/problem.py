@@ -228,9 +228,13 @@ class ProblemType:
             return {"predictions.tsv": ["index\tprediction", *(f"{i}\t{v:.6f}" for i, v in zip(index, preds))]}
         shown = [",".join(self.names_of(p)) if self.kind == MULTI else self.names_of(p) for p in preds]
         probs = self.probabilities(logits)
-        return {"predictions.tsv": ["index\tprediction", *(f"{i}\t{s}" for i, s in zip(index, shown))],
-                "probabilities.tsv": ["index\t" + "\t".join(self.label_names),
-                                      *(f"{i}\t" + "\t".join(f"{p:.6f}" for p in row) for i, row in zip(index, probs))]}
+        return {
+            "predictions.tsv": ["index\tprediction", *(f"{i}\t{s}" for i, s in zip(index, shown))],
+            "probabilities.tsv": [
+                "index\t" + "\t".join(self.label_names),
+                *(f"{i}\t" + "\t".join(f"{p:.6f}" for p in row) for i, row in zip(index, probs)),
+            ],
+        }
 
     def example_record(self, logits: np.ndarray, gold: Any) -> dict[str, Any]:
         """One example of eval_predictions.jsonl: gold and predicted in the user's labels, and the confidence

@@ -45,14 +45,16 @@ def save_eval_predictions(out: Path, last_eval: dict[str, Any], raw: Any, info: 
         (out / "eval_predictions.jsonl").unlink(missing_ok=True)
         return
     prefix, pred = next(iter(last_eval.items()))
-    split = prefix[len("eval_"):] if prefix != "eval" else next(s for s in raw if s.startswith("validation"))
+    split = prefix[len("eval_") :] if prefix != "eval" else next(s for s in raw if s.startswith("validation"))
     n = len(pred.predictions)
     cols = raw[split][:n]  # row i of the tokenized split is row i of the raw one
     logits = pred.predictions
     lines = []
     for i in range(n):
-        rec: dict[str, Any] = {"idx": cols["idx"][i] if "idx" in cols else i,
-                               "texts": [cols[c][i] for c in info.text_columns]}
+        rec: dict[str, Any] = {
+            "idx": cols["idx"][i] if "idx" in cols else i,
+            "texts": [cols[c][i] for c in info.text_columns],
+        }
         gold = None if pred.label_ids is None else pred.label_ids[i]
         rec.update(info.problem.example_record(logits[i], gold))
         lines.append(json.dumps(rec))
@@ -64,9 +66,13 @@ def save_lengths(out: Path, train_ds: Any, args: Any, packed: bool = False) -> N
     from leantune.collate import lengths_of
 
     counts = Counter(lengths_of(train_ds))
-    data = {"split": "train", "counts": {str(k): v for k, v in sorted(counts.items())},
-            "batch_size": args.per_device_train_batch_size, "group_by_length": args.group_by_length,
-            "packed": packed}
+    data = {
+        "split": "train",
+        "counts": {str(k): v for k, v in sorted(counts.items())},
+        "batch_size": args.per_device_train_batch_size,
+        "group_by_length": args.group_by_length,
+        "packed": packed,
+    }
     _write_text(out / "lengths.json", json.dumps(data) + "\n")
 
 
@@ -129,11 +135,16 @@ def load_run(path: str | os.PathLike) -> RunData:
     metrics = read_json(d / "metrics.json")
     if not isinstance(metrics, dict) or not isinstance(metrics.get("evaluations"), list):
         raise LeantuneError(f"{d / 'metrics.json'}: not a leantune metrics file (no 'evaluations' list)")
-    return RunData(d, metrics["evaluations"], metrics.get("train"), read_jsonl(d / "log.jsonl"),
-                   read_json(d / CONFIG_FILE) if (d / CONFIG_FILE).exists() else {},
-                   read_jsonl(d / "eval_predictions.jsonl") or None,
-                   read_json(d / "lengths.json") if (d / "lengths.json").exists() else None,
-                   label=d.name or str(d))
+    return RunData(
+        d,
+        metrics["evaluations"],
+        metrics.get("train"),
+        read_jsonl(d / "log.jsonl"),
+        read_json(d / CONFIG_FILE) if (d / CONFIG_FILE).exists() else {},
+        read_jsonl(d / "eval_predictions.jsonl") or None,
+        read_json(d / "lengths.json") if (d / "lengths.json").exists() else None,
+        label=d.name or str(d),
+    )
 
 
 def main_metric_key(config: dict[str, Any], evaluation: dict[str, Any]) -> str | None:
@@ -196,11 +207,19 @@ def _out_dir(output: str | os.PathLike | None, first: Path) -> Path:
 
 
 def add_report_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR",
-                   help="--output-dir of a `leantune train` run (plain or --seeds); several: side by side.")
-    p.add_argument("--output", default=None, metavar="HTML",
-                   help="Where the HTML goes, PNGs beside it (default: RUN_DIR/report.html for one run, "
-                        "FIRST_RUN_DIR/compare.html for several).")
+    p.add_argument(
+        "runs",
+        nargs="+",
+        metavar="RUN_DIR",
+        help="--output-dir of a `leantune train` run (plain or --seeds); several: side by side.",
+    )
+    p.add_argument(
+        "--output",
+        default=None,
+        metavar="HTML",
+        help="Where the HTML goes, PNGs beside it (default: RUN_DIR/report.html for one run, "
+        "FIRST_RUN_DIR/compare.html for several).",
+    )
 
 
 def report_command(ns: argparse.Namespace) -> int:

@@ -1,8 +1,8 @@
 """The three recipes behind the CLI: train, evaluate, predict. Plain functions, callable from Python.
 
-    from leantune.config import DataArguments, TrainingArguments
-    from leantune.run import train
-    train(DataArguments(task="mrpc", data_dir="glue/MRPC"), TrainingArguments("out"))
+from leantune.config import DataArguments, TrainingArguments
+from leantune.run import train
+train(DataArguments(task="mrpc", data_dir="glue/MRPC"), TrainingArguments("out"))
 """
 
 from __future__ import annotations
@@ -42,8 +42,10 @@ def check_output_dir(out: Path, overwrite: bool) -> None:
     found = [m for m in RUN_MARKERS if (out / m).exists()] + [c.name for c in checkpoint_dirs(out)]
     if found and not overwrite:
         resume = " (or --resume to continue it)" if checkpoint_dirs(out) else ""
-        raise LeantuneError(f"--output-dir {out}: holds a previous run ({found[0]}); "
-                            f"pass --overwrite-output-dir to replace it{resume}, or pick another directory")
+        raise LeantuneError(
+            f"--output-dir {out}: holds a previous run ({found[0]}); "
+            f"pass --overwrite-output-dir to replace it{resume}, or pick another directory"
+        )
     parent = next(p for p in [out, *out.parents] if p.exists())
     if not parent.is_dir():
         raise LeantuneError(f"--output-dir {out}: {parent} is a file, not a directory")
@@ -69,13 +71,24 @@ def prepare(data_args: DataArguments, problem: ProblemType | None = None):
     d = data_args
     names = (problem.label_names if problem is not None else ()) or d.label_name_list()
     kind = problem.kind if problem is not None else d.problem_type
-    dsd, info = load_data(d.task, d.data_dir, d.train_file, d.validation_file, d.test_file,
-                          d.text_columns or None, d.label_column, names or None, kind, d.label_delimiter,
-                          d.column_names or None)
+    dsd, info = load_data(
+        d.task,
+        d.data_dir,
+        d.train_file,
+        d.validation_file,
+        d.test_file,
+        d.text_columns or None,
+        d.label_column,
+        names or None,
+        kind,
+        d.label_delimiter,
+        d.column_names or None,
+    )
     info = dataclasses.replace(info, problem=dataclasses.replace(info.problem, threshold=d.threshold))
     tokenizer = load_tokenizer(d.model)
-    tokenized = tokenize(dsd, tokenizer, info.text_columns, d.max_length or None,
-                         d.preprocessing_num_workers or None, d.cache_dir)
+    tokenized = tokenize(
+        dsd, tokenizer, info.text_columns, d.max_length or None, d.preprocessing_num_workers or None, d.cache_dir
+    )
     for split in tokenized:
         limit = d.max_train_samples if split == "train" else d.max_eval_samples
         if limit and limit < len(tokenized[split]):
@@ -104,9 +117,14 @@ def train(data_args: DataArguments, args: TrainingArguments) -> tuple[TrainOutpu
         args.metric_for_best_model = info.problem.main_metric(info.task)
     set_seed(args.seed)  # before the new classification head is drawn: --seed fixes its init too
     model = load_model(data_args.model, info.problem)
-    trainer = Trainer(model, args, train_dataset=dsd["train"],
-                      eval_dataset=next(iter(evals.values())) if len(evals) == 1 else (evals or None),
-                      processing_class=tokenizer, compute_metrics=info.problem.compute_metrics(info.task))
+    trainer = Trainer(
+        model,
+        args,
+        train_dataset=dsd["train"],
+        eval_dataset=next(iter(evals.values())) if len(evals) == 1 else (evals or None),
+        processing_class=tokenizer,
+        compute_metrics=info.problem.compute_metrics(info.task),
+    )
     fresh = checkpoint is None and args.overwrite_output_dir and trainer.accelerator.is_main_process
     # a fresh run: the replaced run's checkpoints must not be resumed from or rotated with this one's
     if fresh and (removed := remove_checkpoints(out)):
@@ -114,9 +132,16 @@ def train(data_args: DataArguments, args: TrainingArguments) -> tuple[TrainOutpu
     result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(str(out))  # every process: it writes on the main one, then all wait for it
     if trainer.accelerator.is_main_process:
-        save_config(out / CONFIG_FILE, training=args, data=data_args, labels=list(info.problem.label_names),
-                    problem=info.problem.as_record(), text_columns=list(info.text_columns),
-                    environment=environment(), speed=trainer.speed_report())
+        save_config(
+            out / CONFIG_FILE,
+            training=args,
+            data=data_args,
+            labels=list(info.problem.label_names),
+            problem=info.problem.as_record(),
+            text_columns=list(info.text_columns),
+            environment=environment(),
+            speed=trainer.speed_report(),
+        )
         finish_run(out, trainer, dsd, raw, info)  # eval_predictions.jsonl, lengths.json, report.html
     trainer.log.info(f"saved the model to {out}; metrics in {out / 'metrics.json'}")
     return result, trainer
@@ -135,8 +160,10 @@ def _trained(data_args: DataArguments, args: TrainingArguments) -> tuple[Trainer
     problem = dataclasses.replace(problem, threshold=data_args.threshold)
     dsd, info, tokenizer, _ = prepare(data_args, problem)
     if info.problem != problem:
-        raise LeantuneError(f"--model {data_args.model} is a {problem.kind} model with {problem.num_labels} outputs "
-                            f"but the data is {info.problem.kind} with labels {list(info.problem.label_names)}")
+        raise LeantuneError(
+            f"--model {data_args.model} is a {problem.kind} model with {problem.num_labels} outputs "
+            f"but the data is {info.problem.kind} with labels {list(info.problem.label_names)}"
+        )
     model = load_model(data_args.model, problem, quiet=False)
     trainer = Trainer(model, args, processing_class=tokenizer, compute_metrics=problem.compute_metrics(info.task))
     trainer.log.info(f"process: {process_line()}")  # after the input checks: a bad input still gets one line
@@ -149,13 +176,16 @@ def _split(dsd: Any, split: str) -> Any:
     return dsd[split]
 
 
-def evaluate(data_args: DataArguments, args: TrainingArguments, split: str = "validation",
-             write: bool = False) -> dict[str, float]:
+def evaluate(
+    data_args: DataArguments, args: TrainingArguments, split: str = "validation", write: bool = False
+) -> dict[str, float]:
     trainer, _, dsd = _trained(data_args, args)
     ds = _split(dsd, split)
     if not has_labels(ds):
-        raise LeantuneError(f"--split {split}: has no labels to evaluate against (an unlabelled test split); "
-                            f"`leantune predict` writes its predictions")
+        raise LeantuneError(
+            f"--split {split}: has no labels to evaluate against (an unlabelled test split); "
+            f"`leantune predict` writes its predictions"
+        )
     metrics = trainer.evaluate(ds)
     trainer.log.info(" ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
     if write and trainer.accelerator.is_main_process:
@@ -178,8 +208,9 @@ def predict(data_args: DataArguments, args: TrainingArguments, split: str = "tes
     if result.label_ids is not None:
         write_json_atomic(out / "predict_metrics.json", result.metrics)
         trainer.log.info(" ".join(f"{k}={v:.4f}" for k, v in result.metrics.items() if isinstance(v, float)))
-    save_config(out / CONFIG_FILE, training=args, data=data_args, split=split, environment=environment(),
-                speed=process_tuning())
+    save_config(
+        out / CONFIG_FILE, training=args, data=data_args, split=split, environment=environment(), speed=process_tuning()
+    )
     trainer.log.info(f"wrote {len(result.predictions)} predictions to {out / 'predictions.tsv'}")
     return result
 
@@ -203,5 +234,11 @@ def environment() -> dict[str, str]:
     import torch
     import transformers
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "datasets": datasets.__version__, "accelerate": accelerate.__version__, "machine": platform.machine()}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "datasets": datasets.__version__,
+        "accelerate": accelerate.__version__,
+        "machine": platform.machine(),
+    }

@@ -19,8 +19,14 @@ from leantune.tblog import TensorBoardWriter
 
 
 class RunLog:
-    def __init__(self, output_dir: str | os.PathLike, enabled: bool = True, bars: bool = True,
-                 quiet: bool = False, report_to: str = "none") -> None:
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        enabled: bool = True,
+        bars: bool = True,
+        quiet: bool = False,
+        report_to: str = "none",
+    ) -> None:
         self.dir = Path(output_dir)
         self.enabled = enabled
         # quiet: no bars and no periodic training lines; evaluation lines and errors still print
@@ -45,8 +51,11 @@ class RunLog:
         if not self.enabled:
             return
         if kind == "eval" or (kind == "train" and not self.bars and not self.quiet):
-            shown = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in rec.items()
-                     if k != "kind" and not k.endswith(("_runtime", "_samples_per_second"))}
+            shown = {
+                k: (f"{v:.4g}" if isinstance(v, float) else v)
+                for k, v in rec.items()
+                if k != "kind" and not k.endswith(("_runtime", "_samples_per_second"))
+            }
             self.info(f"{kind}: " + " ".join(f"{k}={v}" for k, v in shown.items()))
         self.dir.mkdir(parents=True, exist_ok=True)
         with open(self.dir / "log.jsonl", "a" if self._started else "w") as f:

@@ -48,8 +48,11 @@ def train_seeds(data_args: DataArguments, args: TrainingArguments, seeds: list[i
     keep_best(out, summary["best_seed"])
     write_json_atomic(out / "summary.json", summary)
     main_stats = summary["metrics"][summary["main_metric"]]
-    _info(main, f"{summary['main_metric']} over {len(seeds)} seeds: {main_stats['mean']:.4f} ± "
-                f"{main_stats['std']:.4f}; kept seed {summary['best_seed']} as {out / 'best'}")
+    _info(
+        main,
+        f"{summary['main_metric']} over {len(seeds)} seeds: {main_stats['mean']:.4f} ± "
+        f"{main_stats['std']:.4f}; kept seed {summary['best_seed']} as {out / 'best'}",
+    )
     _info(main, f"report: {write_report([out])}")
     return summary
 
@@ -57,18 +60,28 @@ def train_seeds(data_args: DataArguments, args: TrainingArguments, seeds: list[i
 def summarize(out: Path, seeds: list[int]) -> dict[str, Any]:
     """summary.json's content, from each seed's metrics.json (its last evaluation and train loss)."""
     runs = {s: load_run(out / f"seed-{s}") for s in seeds}
-    finals = {s: {**{k: r.last_eval[k] for k in metric_keys(r.last_eval)},
-                  **{k: r.train[k] for k in ("train_loss", "train_runtime") if r.train and k in r.train}}
-              for s, r in runs.items()}
+    finals = {
+        s: {
+            **{k: r.last_eval[k] for k in metric_keys(r.last_eval)},
+            **{k: r.train[k] for k in ("train_loss", "train_runtime") if r.train and k in r.train},
+        }
+        for s, r in runs.items()
+    }
     first = runs[seeds[0]]
     main = main_metric_key(first.config, first.last_eval)
     if main is None:
         raise LeantuneError(f"{out / f'seed-{seeds[0]}'}: no evaluation metrics to rank the seeds by")
     keys = list(dict.fromkeys(k for f in finals.values() for k in f))
     metrics = {k: metric_stats({s: f[k] for s, f in finals.items() if k in f}, k) for k in keys}
-    return {"seeds": seeds, "main_metric": main, "best_seed": metrics[main]["best_seed"], "kept": "best",
-            "note": STD_NOTE, "metrics": metrics,
-            "runs": {str(s): {"dir": f"seed-{s}", "metrics": finals[s]} for s in seeds}}
+    return {
+        "seeds": seeds,
+        "main_metric": main,
+        "best_seed": metrics[main]["best_seed"],
+        "kept": "best",
+        "note": STD_NOTE,
+        "metrics": metrics,
+        "runs": {str(s): {"dir": f"seed-{s}", "metrics": finals[s]} for s in seeds},
+    }
 
 
 def metric_stats(values: dict[int, float], key: str) -> dict[str, Any]:
@@ -76,8 +89,14 @@ def metric_stats(values: dict[int, float], key: str) -> dict[str, Any]:
     v = list(values.values())
     lower_better = not higher_is_better(key) or key.endswith("_runtime")
     best = (min if lower_better else max)(values, key=values.__getitem__)  # ties: the first seed
-    return {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0,
-            "min": min(v), "max": max(v), "best_seed": best, "values": {str(s): x for s, x in values.items()}}
+    return {
+        "mean": statistics.fmean(v),
+        "std": statistics.stdev(v) if len(v) > 1 else 0.0,
+        "min": min(v),
+        "max": max(v),
+        "best_seed": best,
+        "values": {str(s): x for s, x in values.items()},
+    }
 
 
 def keep_best(out: Path, seed: int) -> Path:

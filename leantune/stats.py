@@ -35,8 +35,13 @@ class TrainStats:
 
     def log_record(self, step: int, epoch: float, lr: float) -> dict[str, float]:
         now = time.perf_counter()
-        rec = {"step": step, "epoch": round(epoch, 4), "loss": round(float(self.loss_sum) / max(self.micro, 1), 6),
-               "learning_rate": lr, "samples_per_second": round((self.samples - self.samples_last) / (now - self.t_last), 3)}
+        rec = {
+            "step": step,
+            "epoch": round(epoch, 4),
+            "loss": round(float(self.loss_sum) / max(self.micro, 1), 6),
+            "learning_rate": lr,
+            "samples_per_second": round((self.samples - self.samples_last) / (now - self.t_last), 3),
+        }
         if self.grad_norm is not None:
             rec["grad_norm"] = round(float(self.grad_norm), 6)
         self.total_loss += self.loss_sum
@@ -49,8 +54,12 @@ class TrainStats:
         loss = float(self.total_loss + self.loss_sum) / max(self.total_micro + self.micro, 1)
         real = int(self.real_tokens) or self.padded_tokens
         n = acc.num_processes
-        return {"train_runtime": round(runtime, 4), "train_samples_per_second": round(self.samples * n / runtime, 3),
-                "train_tokens_per_second": round(real * n / runtime, 1),
-                "train_padding_waste": round(1 - real / max(self.padded_tokens, 1), 4),
-                "train_loss": round(loss, 6), "epoch": round(epoch, 4),
-                "world_size": n}
+        return {
+            "train_runtime": round(runtime, 4),
+            "train_samples_per_second": round(self.samples * n / runtime, 3),
+            "train_tokens_per_second": round(real * n / runtime, 1),
+            "train_padding_waste": round(1 - real / max(self.padded_tokens, 1), 4),
+            "train_loss": round(loss, 6),
+            "epoch": round(epoch, 4),
+            "world_size": n,
+        }

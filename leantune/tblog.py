@@ -53,7 +53,7 @@ class TensorBoardWriter:
 def tag(key: str, kind: str) -> str:
     """`eval_f1` -> `eval/f1`; a train record's `loss` -> `train/loss`; `train_end`'s `train_loss` -> `train_end/loss`."""
     if kind == "eval" and key.startswith("eval_"):
-        return "eval/" + key[len("eval_"):]
+        return "eval/" + key[len("eval_") :]
     if kind == "train_end" and key.startswith("train_"):
-        return "train_end/" + key[len("train_"):]
+        return "train_end/" + key[len("train_") :]
     return f"{kind}/{key}"

@@ -94,10 +94,17 @@ class Position(NamedTuple):
 class Trainer(EvaluationLoop):
     """Fine-tune `model` on `train_dataset` (tokenized, unpadded), evaluating on `eval_dataset`."""
 
-    def __init__(self, model: torch.nn.Module, args: TrainingArguments | None = None, train_dataset: Any = None,
-                 eval_dataset: Any = None, data_collator: Callable | None = None, processing_class: Any = None,
-                 compute_metrics: Callable[[EvalPrediction], dict[str, float]] | None = None,
-                 tokenizer: Any = None) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        args: TrainingArguments | None = None,
+        train_dataset: Any = None,
+        eval_dataset: Any = None,
+        data_collator: Callable | None = None,
+        processing_class: Any = None,
+        compute_metrics: Callable[[EvalPrediction], dict[str, float]] | None = None,
+        tokenizer: Any = None,
+    ) -> None:
         self.args = args or TrainingArguments()
         check_precision(self.args)
         self.processing_class = processing_class if processing_class is not None else tokenizer
@@ -111,14 +118,20 @@ class Trainer(EvaluationLoop):
         bucket = BUCKET if self._graphs else None
         self._own_collator = False
         self.data_collator = data_collator or DataCollatorWithPadding(
-            self.processing_class, pad_token_id=None if self.processing_class else self._pad_id,
-            pad_to_multiple_of=self.args.pad_to_multiple_of or bucket)
+            self.processing_class,
+            pad_token_id=None if self.processing_class else self._pad_id,
+            pad_to_multiple_of=self.args.pad_to_multiple_of or bucket,
+        )
         # training batches may be packed (speed/packing.py) where this collator's would be plain right padding
         self._own_collator = replaces(self.data_collator)
         self.compute_metrics = compute_metrics
         self.global_step, self.epoch = 0, 0.0
-        self.log = RunLog(self.args.output_dir, enabled=self.accelerator.is_main_process,
-                          quiet=self.args.disable_tqdm, report_to=self.args.report_to)
+        self.log = RunLog(
+            self.args.output_dir,
+            enabled=self.accelerator.is_main_process,
+            quiet=self.args.disable_tqdm,
+            report_to=self.args.report_to,
+        )
         # prefix -> the last logged evaluation's logits and labels (the run report's confusion matrix)
         self.last_eval: dict[str, PredictionOutput] = {}
         self.log_history = self.log.history
@@ -135,8 +148,12 @@ class Trainer(EvaluationLoop):
             raise LeantuneError("Trainer.train() needs a train_dataset")
         # Each lever is asked whether it applies to this model and these arguments (leantune/speed/levers.py);
         # those that do are switched on for the run and the model is given back as it was.
-        levers = training_levers(self.train_dataset, self.accelerator, [getattr(self.data_collator, "pad_token_id", None)],
-                                 own_collator=self._own_collator)
+        levers = training_levers(
+            self.train_dataset,
+            self.accelerator,
+            [getattr(self.data_collator, "pad_token_id", None)],
+            own_collator=self._own_collator,
+        )
         self.speed = decide(levers, self.model, self.args)
         self.log.info(f"speed levers: {summary(self.speed)}; process: {process_line()}")
         with enter_levers(levers, self.speed, self.model, self.args):
@@ -162,9 +179,11 @@ class Trainer(EvaluationLoop):
         # scheduler: Accelerate would step a prepared one once per process at every optimizer step.
         model, optimizer = acc.prepare(model, optimizer)
         graphed = GraphedStep(model, self._pad_id, 1 / args.gradient_accumulation_steps) if self._graphs else None
-        self.log.info(f"training: {len(self.train_dataset)} examples, {total} steps, global batch "
-                      f"{self.global_batch_size} = {args.per_device_train_batch_size} per device x "
-                      f"{acc.num_processes} process(es) x {args.gradient_accumulation_steps} accumulation")
+        self.log.info(
+            f"training: {len(self.train_dataset)} examples, {total} steps, global batch "
+            f"{self.global_batch_size} = {args.per_device_train_batch_size} per device x "
+            f"{acc.num_processes} process(es) x {args.gradient_accumulation_steps} accumulation"
+        )
         stats = TrainStats(acc.device)
         self._begin_control()
         resume = args.resume_from_checkpoint if resume_from_checkpoint is None else resume_from_checkpoint
@@ -179,8 +198,9 @@ class Trainer(EvaluationLoop):
                 skip = position.batches if epoch == position.epoch else 0
                 # resumed at the last step: only the end of its epoch (evaluation, save) remains
                 sampler.skip_next_epoch(len(sampler) if self.global_step >= total else skip)
-                stop = self._train_epoch(model, optimizer, scheduler, loader, stats, epoch, steps_per_epoch, total,
-                                         skip, graphed)
+                stop = self._train_epoch(
+                    model, optimizer, scheduler, loader, stats, epoch, steps_per_epoch, total, skip, graphed
+                )
                 if stop or self.global_step >= total:
                     break
         self._guard.flush()
@@ -194,14 +214,26 @@ class Trainer(EvaluationLoop):
         self.model = acc.unwrap_model(model)
         return TrainOutput(self.global_step, metrics["train_loss"], metrics)
 
-    def _train_epoch(self, model, optimizer, scheduler, loader, stats: TrainStats, epoch: int,
-                     steps_per_epoch: int, total: int, skip: int = 0, graphed: GraphedStep | None = None) -> bool:
+    def _train_epoch(
+        self,
+        model,
+        optimizer,
+        scheduler,
+        loader,
+        stats: TrainStats,
+        epoch: int,
+        steps_per_epoch: int,
+        total: int,
+        skip: int = 0,
+        graphed: GraphedStep | None = None,
+    ) -> bool:
         """One epoch from batch `skip` on (a resumed one skips those already trained on); True to stop."""
         args, acc = self.args, self.accelerator
         model.train()
         accum = args.gradient_accumulation_steps
-        bar = self.log.bar(total=min(steps_per_epoch - skip // accum, total - self.global_step),
-                           desc=f"epoch {epoch + 1}")
+        bar = self.log.bar(
+            total=min(steps_per_epoch - skip // accum, total - self.global_step), desc=f"epoch {epoch + 1}"
+        )
         pending: list[tuple[torch.Tensor, dict[str, torch.Tensor]]] = []  # this step's losses, counted once it is good
         for i, batch in enumerate(loader, start=skip):
             if graphed is not None:  # the batch stays on the host: the graph copies it in
@@ -215,8 +247,9 @@ class Trainer(EvaluationLoop):
             last_micro = (i + 1) % accum == 0 or i + 1 == len(loader)
             if not last_micro:
                 continue
-            if self._guard.check(self.global_step + 1, sum(lo for lo, _ in pending), self._grad_norm(model, stats, optimizer),
-                                 acc):
+            if self._guard.check(
+                self.global_step + 1, sum(lo for lo, _ in pending), self._grad_norm(model, stats, optimizer), acc
+            ):
                 optimizer.step()
                 for lo, b in pending:
                     stats.add(lo, b)
@@ -230,8 +263,13 @@ class Trainer(EvaluationLoop):
                 self._guard.flush()  # GPU: a bad step remembered on the device is reported, not logged
                 rec = stats.log_record(self.global_step, self.epoch, scheduler.get_last_lr()[0])
                 self.log.record(rec, kind="train")
-                bar.set_postfix({"loss": f"{rec['loss']:.4f}", "lr": f"{rec['learning_rate']:.2e}",
-                                 "samples/s": f"{rec['samples_per_second']:.1f}"})
+                bar.set_postfix(
+                    {
+                        "loss": f"{rec['loss']:.4f}",
+                        "lr": f"{rec['learning_rate']:.2e}",
+                        "samples/s": f"{rec['samples_per_second']:.1f}",
+                    }
+                )
             if args.eval_strategy == "steps" and self.global_step % (args.eval_steps or args.logging_steps) == 0:
                 self._evaluate_during_training(model)
             due = args.save_strategy == "steps" and self.global_step % args.save_steps == 0
@@ -266,12 +304,18 @@ class Trainer(EvaluationLoop):
         # dropout masks) checkpoints restore at step boundaries.
         packed = self.speed.get("packed_batches")
         collate = PackedCollator(position_offset(self.model)) if packed and packed.applied else self.data_collator
-        common = {"collate_fn": collate, "num_workers": args.dataloader_num_workers,
-                  "generator": torch.Generator().manual_seed(args.seed)}
+        common = {
+            "collate_fn": collate,
+            "num_workers": args.dataloader_num_workers,
+            "generator": torch.Generator().manual_seed(args.seed),
+        }
         # Every process draws the same global batches and takes its own slice of each (distributed.py).
         world = self.accelerator.num_processes
-        inner = LengthGroupedBatchSampler(lengths_of(ds), bs * world, seed=args.seed) if args.group_by_length \
+        inner = (
+            LengthGroupedBatchSampler(lengths_of(ds), bs * world, seed=args.seed)
+            if args.group_by_length
             else ShuffledBatchSampler(len(ds), bs * world, seed=args.seed)
+        )
         sampler = ResumableBatchSampler(ShardedBatchSampler(inner, self.accelerator.process_index, world))
         return DataLoader(ds, batch_sampler=sampler, **common), sampler
 
@@ -282,8 +326,9 @@ class Trainer(EvaluationLoop):
         self._stop = GracefulStop()
         self._best, self._new_best = None, False
         if args.load_best_model_at_end or args.early_stopping_patience:
-            self._best = BestTracker(args.metric_for_best_model or "loss", args.greater_is_better,
-                                     args.early_stopping_patience)
+            self._best = BestTracker(
+                args.metric_for_best_model or "loss", args.greater_is_better, args.early_stopping_patience
+            )
 
     def _grad_norm(self, model, stats: TrainStats, optimizer) -> torch.Tensor | None:
         """The gradient norm (clipping to --max-grad-norm, see optim.clip_grad_norm); None under fp16, whose
@@ -306,12 +351,17 @@ class Trainer(EvaluationLoop):
         if due or signum or (new_best and self.args.load_best_model_at_end):
             path = self._save_checkpoint(model, optimizer, scheduler, stats, position)
         if signum:
-            raise TrainingInterrupted(f"stopped by {signal_name(signum)} at step {self.global_step}; checkpoint "
-                                      f"saved in {path} (continue with --resume)", 128 + signum)
+            raise TrainingInterrupted(
+                f"stopped by {signal_name(signum)} at step {self.global_step}; checkpoint "
+                f"saved in {path} (continue with --resume)",
+                128 + signum,
+            )
         if self._best is not None and self._best.should_stop:
             b = self._best
-            self.log.info(f"early stopping at step {self.global_step}: {b.metric} has not improved for "
-                          f"{b.bad_evals} evaluations (best {b.best:.4g} at step {b.best_step})")
+            self.log.info(
+                f"early stopping at step {self.global_step}: {b.metric} has not improved for "
+                f"{b.bad_evals} evaluations (best {b.best:.4g} at step {b.best_step})"
+            )
             return True
         return False
 
@@ -325,27 +375,49 @@ class Trainer(EvaluationLoop):
         path = out / f"checkpoint-{self.global_step}"
         if self._best is not None and self._best.best_step == self.global_step:
             self._best.checkpoint = path.name  # this checkpoint holds the best evaluation so far
-        state = {"format": 1, "global_step": self.global_step, "epoch": self.epoch,
-                 "position": position._asdict(), "runtime": time.perf_counter() - self._start,
-                 "skipped_steps": self._guard.skipped, "best": self._best.state_dict() if self._best else None,
-                 "world_size": acc.num_processes, "train_rows": len(self.train_dataset), "args": args.to_dict(),
-                 "log_history": self.log.history}
+        state = {
+            "format": 1,
+            "global_step": self.global_step,
+            "epoch": self.epoch,
+            "position": position._asdict(),
+            "runtime": time.perf_counter() - self._start,
+            "skipped_steps": self._guard.skipped,
+            "best": self._best.state_dict() if self._best else None,
+            "world_size": acc.num_processes,
+            "train_rows": len(self.train_dataset),
+            "args": args.to_dict(),
+            "log_history": self.log.history,
+        }
         per_process = gather_object([{"rng": capture_rng(), "stats": stats_state(stats)}])
         if acc.is_main_process:
             try:
-                write_checkpoint(out, self.global_step, lambda d: write_training_files(
-                    d, acc.unwrap_model(model), self.processing_class, optimizer, scheduler, acc.scaler, state,
-                    per_process))
+                write_checkpoint(
+                    out,
+                    self.global_step,
+                    lambda d: write_training_files(
+                        d,
+                        acc.unwrap_model(model),
+                        self.processing_class,
+                        optimizer,
+                        scheduler,
+                        acc.scaler,
+                        state,
+                        per_process,
+                    ),
+                )
             except OSError as e:
-                raise LeantuneError(f"cannot save {path}: {e.strerror or e}; the checkpoints already there are "
-                                    f"intact") from None
+                raise LeantuneError(
+                    f"cannot save {path}: {e.strerror or e}; the checkpoints already there are intact"
+                ) from None
             best = [out / self._best.checkpoint] if self._best and self._best.checkpoint else []
             rotate_checkpoints(out, args.save_total_limit, keep=best)
         acc.wait_for_everyone()
         self._guard.last_checkpoint = str(path)
         return path
 
-    def _resume(self, value: str | bool | None, model, optimizer, scheduler, stats: TrainStats) -> tuple[Position, float]:
+    def _resume(
+        self, value: str | bool | None, model, optimizer, scheduler, stats: TrainStats
+    ) -> tuple[Position, float]:
         """Restore a checkpoint's whole training state (RNG last); the position to continue from and the
         seconds trained before. Without one: a fresh start (and leftovers of a crashed save go)."""
         acc, out = self.accelerator, Path(self.args.output_dir)
@@ -365,8 +437,10 @@ class Trainer(EvaluationLoop):
             self._best.load_state_dict(state["best"])
         self.log.restore(state["log_history"])
         position = Position(**state["position"])
-        self.log.info(f"resuming from {path}: step {self.global_step}, epoch {position.epoch + 1} after "
-                      f"{position.batches} batches")
+        self.log.info(
+            f"resuming from {path}: step {self.global_step}, epoch {position.epoch + 1} after "
+            f"{position.batches} batches"
+        )
         restore_rng(mine["rng"])  # last: nothing may draw from the generators before the next batch
         return position, float(state["runtime"])
 

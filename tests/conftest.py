@@ -47,12 +47,19 @@ def _save_tiny(kind: str, out: Path, minilm_dir: str) -> str:
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(minilm_dir)
     if kind == "bert":
-        cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=128)
+        cfg = BertConfig(
+            vocab_size=tok.vocab_size,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=128,
+        )
         model = BertForSequenceClassification(cfg)
     else:  # a family without token_type_ids
-        cfg = DistilBertConfig(vocab_size=tok.vocab_size, dim=32, n_layers=2, n_heads=2, hidden_dim=64,
-                               max_position_embeddings=128)
+        cfg = DistilBertConfig(
+            vocab_size=tok.vocab_size, dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=128
+        )
         model = DistilBertForSequenceClassification(cfg)
         tok = AutoTokenizer.from_pretrained(minilm_dir, model_input_names=["input_ids", "attention_mask"])
     tok.model_max_length = 128
@@ -82,8 +89,13 @@ def toy_rows(n: int, seed: int = 0) -> list[dict]:
     for _ in range(n):
         a = "cat" if rng.random() < 0.5 else rng.choice(animals[1:])
         pad = " ".join(rng.choice(["the", "a", "big", "small", "old", "red"]) for _ in range(rng.randint(0, 12)))
-        rows.append({"sentence1": f"{pad} {a} runs", "sentence2": f"a {rng.choice(animals)} sleeps {pad}",
-                     "label": int(a == "cat")})
+        rows.append(
+            {
+                "sentence1": f"{pad} {a} runs",
+                "sentence2": f"a {rng.choice(animals)} sleeps {pad}",
+                "label": int(a == "cat"),
+            }
+        )
     return rows
 
 

@@ -68,8 +68,18 @@ class Case:
 
 
 def _train(ctx: Ctx, *args: str, train: str | None = None) -> list[str]:
-    return ["--model", ctx.model, "--train-file", train or str(ctx.train), "--output-dir", ctx.out,
-            "--eval-strategy", "no", "--quiet", *args]
+    return [
+        "--model",
+        ctx.model,
+        "--train-file",
+        train or str(ctx.train),
+        "--output-dir",
+        ctx.out,
+        "--eval-strategy",
+        "no",
+        "--quiet",
+        *args,
+    ]
 
 
 def _data(ctx: Ctx, name: str, data: bytes | str) -> list[str]:
@@ -105,8 +115,7 @@ def _only_broken_checkpoints(ctx: Ctx) -> list[str]:
 def _glue_dir(ctx: Ctx, label: str) -> str:
     d = ctx.tmp / "glue"
     d.mkdir()
-    (d / "train.tsv").write_text("Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n1\t1\t2\ta\tb\n"
-                                 f"{label}\t3\t4\tc\td\n")
+    (d / "train.tsv").write_text(f"Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n1\t1\t2\ta\tb\n{label}\t3\t4\tc\td\n")
     return str(d)
 
 
@@ -163,133 +172,313 @@ CASES = [
     # ---- data files
     Case("empty file", lambda c: _data(c, "empty.csv", b""), "empty.csv: file is empty"),
     Case("header only", lambda c: _data(c, "head.csv", "sentence1,sentence2,label\n"), "head.csv: no data rows"),
-    Case("tabs in a .csv", lambda c: _data(c, "tabs.csv", CSV_OK.replace(",", "\t")),
-         "tabs.csv: one column 'sentence1\\tsentence2\\tlabel': the file looks tab-separated; name it .tsv"),
-    Case("commas in a .tsv", lambda c: _data(c, "commas.tsv", CSV_OK),
-         "commas.tsv: one column 'sentence1,sentence2,label': the file looks comma-separated; name it .csv"),
-    Case("ragged row, extra field", lambda c: _data(c, "long.csv", CSV_OK + "a,b,1,surplus\n"),
-         "long.csv: cannot parse as CSV: Error tokenizing data. C error: Expected 3 fields in line 4, saw 4"),
-    Case("ragged row, label missing", lambda c: _data(c, "short.csv", CSV_OK + "a horse,a cat\n"),
-         "short.csv: column 'label' is empty on rows 3"),
-    Case("non-UTF-8 bytes", lambda c: _data(c, "latin.csv", b"sentence1,sentence2,label\ncaf\xe9,b,1\n"),
-         "latin.csv: not valid UTF-8 (byte 29)"),
-    Case("NaN label", lambda c: _data(c, "nan.csv", CSV_OK + "x,y,nan\n"), "nan.csv: column 'label' is NaN/inf on rows 3"),
-    Case("float label for a classification task",
-         lambda c: ["--model", c.model, "--task", "mrpc", "--data-dir", _glue_dir(c, "0.5"), "--output-dir", c.out,
-                    "--eval-strategy", "no"],
-         "train.tsv: labels outside mrpc's label set ['not_equivalent', 'equivalent'] on lines 3"),
-    Case("more classes than any classifier", lambda c: _data(c, "many.csv", "text,label\n" + "".join(
-             f"t,{i}\n" for i in range(10_001))), "many.csv: column 'label' has 10,001 distinct labels, too many classes"),
-    Case("lists mixed with single labels",
-         lambda c: _data(c, "list.jsonl", '{"text": "a", "label": 1}\n{"text": "b", "label": [0]}\n'),
-         "list.jsonl: column 'label' mixes lists (multi-label) and single labels; lists on rows 2"),
-    Case("an object as a label", lambda c: _data(c, "obj.jsonl", '{"text": "a", "label": 1}\n{"text": "b", "label": {"x": 0}}\n'),
-         "obj.jsonl: column 'label' holds objects on rows 2"),
-    Case("every data row one field longer than the header",  # pandas would shift the columns by one
-         lambda c: _data(c, "shifted.tsv", "sentence1\tsentence2\tlabel\na\tb\t1\tx\nc\td\t0\ty\n"),
-         "shifted.tsv: line 2 has 4 fields but the header has 3 (sentence1, sentence2, label)"),
-    Case("a column name twice", lambda c: _data(c, "twice.csv", "text,label,label\na,1,0\nb,0,1\n"),
-         "twice.csv: column 'label' appears more than once in the header (columns 2, 3)"),
-    Case("null string label (JSONL)",
-         lambda c: _data(c, "null.jsonl", '{"text": "a", "label": "pos"}\n{"text": "b", "label": null}\n'
-                                          '{"text": "c", "label": "neg"}\n'),
-         "null.jsonl: column 'label' is empty on rows 2"),
-    Case("label key missing (JSONL)",
-         lambda c: _data(c, "nokey.jsonl", '{"text": "a", "label": "pos"}\n{"text": "b"}\n{"text": "c", "label": "neg"}\n'),
-         "nokey.jsonl: column 'label' is empty on rows 2"),
-    Case("null label (Parquet)", lambda c: _data(c, "null.parquet", _parquet(["pos", None, "neg"])),
-         "null.parquet: column 'label' is empty on rows 2"),
-    Case("a single class", lambda c: _data(c, "one.csv", "text,label\na,pos\nb,pos\n"),
-         "one.csv: column 'label' has a single class ('pos') in every row: a classifier needs at least two"),
-    Case("--max-length below the special tokens", lambda c: _train(c, "--max-length", "1"),
-         "--max-length 1: at least 5 tokens are needed"),
-    Case("evaluate an unlabelled split",
-         lambda c: ["--model", str(c.run), "--test-file", c.file("t.csv", "sentence1,sentence2\na,b\nc,d\n"),
-                    "--split", "test"],
-         "--split test: has no labels to evaluate against", command="evaluate", early=False),
-    Case("broken JSON line", lambda c: _data(c, "bad.jsonl", '{"text": "a", "label": 1}\n{"text": \n'),
-         "bad.jsonl: cannot parse as JSONL"),
-    Case("a directory as the file", lambda c: _train(c, train=str(c.copy(Path(c.model), "dir.csv"))),
-         "dir.csv: is a directory, not a file"),
+    Case(
+        "tabs in a .csv",
+        lambda c: _data(c, "tabs.csv", CSV_OK.replace(",", "\t")),
+        "tabs.csv: one column 'sentence1\\tsentence2\\tlabel': the file looks tab-separated; name it .tsv",
+    ),
+    Case(
+        "commas in a .tsv",
+        lambda c: _data(c, "commas.tsv", CSV_OK),
+        "commas.tsv: one column 'sentence1,sentence2,label': the file looks comma-separated; name it .csv",
+    ),
+    Case(
+        "ragged row, extra field",
+        lambda c: _data(c, "long.csv", CSV_OK + "a,b,1,surplus\n"),
+        "long.csv: cannot parse as CSV: Error tokenizing data. C error: Expected 3 fields in line 4, saw 4",
+    ),
+    Case(
+        "ragged row, label missing",
+        lambda c: _data(c, "short.csv", CSV_OK + "a horse,a cat\n"),
+        "short.csv: column 'label' is empty on rows 3",
+    ),
+    Case(
+        "non-UTF-8 bytes",
+        lambda c: _data(c, "latin.csv", b"sentence1,sentence2,label\ncaf\xe9,b,1\n"),
+        "latin.csv: not valid UTF-8 (byte 29)",
+    ),
+    Case(
+        "NaN label", lambda c: _data(c, "nan.csv", CSV_OK + "x,y,nan\n"), "nan.csv: column 'label' is NaN/inf on rows 3"
+    ),
+    Case(
+        "float label for a classification task",
+        lambda c: [
+            "--model",
+            c.model,
+            "--task",
+            "mrpc",
+            "--data-dir",
+            _glue_dir(c, "0.5"),
+            "--output-dir",
+            c.out,
+            "--eval-strategy",
+            "no",
+        ],
+        "train.tsv: labels outside mrpc's label set ['not_equivalent', 'equivalent'] on lines 3",
+    ),
+    Case(
+        "more classes than any classifier",
+        lambda c: _data(c, "many.csv", "text,label\n" + "".join(f"t,{i}\n" for i in range(10_001))),
+        "many.csv: column 'label' has 10,001 distinct labels, too many classes",
+    ),
+    Case(
+        "lists mixed with single labels",
+        lambda c: _data(c, "list.jsonl", '{"text": "a", "label": 1}\n{"text": "b", "label": [0]}\n'),
+        "list.jsonl: column 'label' mixes lists (multi-label) and single labels; lists on rows 2",
+    ),
+    Case(
+        "an object as a label",
+        lambda c: _data(c, "obj.jsonl", '{"text": "a", "label": 1}\n{"text": "b", "label": {"x": 0}}\n'),
+        "obj.jsonl: column 'label' holds objects on rows 2",
+    ),
+    Case(
+        "every data row one field longer than the header",  # pandas would shift the columns by one
+        lambda c: _data(c, "shifted.tsv", "sentence1\tsentence2\tlabel\na\tb\t1\tx\nc\td\t0\ty\n"),
+        "shifted.tsv: line 2 has 4 fields but the header has 3 (sentence1, sentence2, label)",
+    ),
+    Case(
+        "a column name twice",
+        lambda c: _data(c, "twice.csv", "text,label,label\na,1,0\nb,0,1\n"),
+        "twice.csv: column 'label' appears more than once in the header (columns 2, 3)",
+    ),
+    Case(
+        "null string label (JSONL)",
+        lambda c: _data(
+            c,
+            "null.jsonl",
+            '{"text": "a", "label": "pos"}\n{"text": "b", "label": null}\n{"text": "c", "label": "neg"}\n',
+        ),
+        "null.jsonl: column 'label' is empty on rows 2",
+    ),
+    Case(
+        "label key missing (JSONL)",
+        lambda c: _data(
+            c, "nokey.jsonl", '{"text": "a", "label": "pos"}\n{"text": "b"}\n{"text": "c", "label": "neg"}\n'
+        ),
+        "nokey.jsonl: column 'label' is empty on rows 2",
+    ),
+    Case(
+        "null label (Parquet)",
+        lambda c: _data(c, "null.parquet", _parquet(["pos", None, "neg"])),
+        "null.parquet: column 'label' is empty on rows 2",
+    ),
+    Case(
+        "a single class",
+        lambda c: _data(c, "one.csv", "text,label\na,pos\nb,pos\n"),
+        "one.csv: column 'label' has a single class ('pos') in every row: a classifier needs at least two",
+    ),
+    Case(
+        "--max-length below the special tokens",
+        lambda c: _train(c, "--max-length", "1"),
+        "--max-length 1: at least 5 tokens are needed",
+    ),
+    Case(
+        "evaluate an unlabelled split",
+        lambda c: [
+            "--model",
+            str(c.run),
+            "--test-file",
+            c.file("t.csv", "sentence1,sentence2\na,b\nc,d\n"),
+            "--split",
+            "test",
+        ],
+        "--split test: has no labels to evaluate against",
+        command="evaluate",
+        early=False,
+    ),
+    Case(
+        "broken JSON line",
+        lambda c: _data(c, "bad.jsonl", '{"text": "a", "label": 1}\n{"text": \n'),
+        "bad.jsonl: cannot parse as JSONL",
+    ),
+    Case(
+        "a directory as the file",
+        lambda c: _train(c, train=str(c.copy(Path(c.model), "dir.csv"))),
+        "dir.csv: is a directory, not a file",
+    ),
     Case("unsupported extension", lambda c: _data(c, "data.txt", CSV_OK), "data.txt: unsupported file type '.txt'"),
-    Case("no label column", lambda c: _data(c, "nolabel.csv", "text,lable\na,1\n"),
-         "nolabel.csv: label column 'label' not found; columns are: text, lable (pick one with --label-column)"),
-    Case("misspelled text column", lambda c: _train(c, "--text-columns", "sentense1"),
-         "column 'sentense1' not found; columns are: sentence1, sentence2, label"),
-    Case("unseen label string at predict time",
-         lambda c: ["--model", str(c.neg_pos_model), "--output-dir", c.out,
-                    "--test-file", c.file("test.csv", "text,label\nfine,pos\nmeh,neutral\n")],
-         "test.csv: column 'label' must be one of ['neg', 'pos']; bad values on rows 2", command="predict"),
-    Case("unknown task", lambda c: ["--model", c.model, "--task", "mrcp", "--output-dir", c.out], "unknown task 'mrcp'"),
+    Case(
+        "no label column",
+        lambda c: _data(c, "nolabel.csv", "text,lable\na,1\n"),
+        "nolabel.csv: label column 'label' not found; columns are: text, lable (pick one with --label-column)",
+    ),
+    Case(
+        "misspelled text column",
+        lambda c: _train(c, "--text-columns", "sentense1"),
+        "column 'sentense1' not found; columns are: sentence1, sentence2, label",
+    ),
+    Case(
+        "unseen label string at predict time",
+        lambda c: [
+            "--model",
+            str(c.neg_pos_model),
+            "--output-dir",
+            c.out,
+            "--test-file",
+            c.file("test.csv", "text,label\nfine,pos\nmeh,neutral\n"),
+        ],
+        "test.csv: column 'label' must be one of ['neg', 'pos']; bad values on rows 2",
+        command="predict",
+    ),
+    Case(
+        "unknown task", lambda c: ["--model", c.model, "--task", "mrcp", "--output-dir", c.out], "unknown task 'mrcp'"
+    ),
     # ---- flags
     Case("batch size 0", lambda c: _train(c, "--batch-size", "0"), "--per-device-train-batch-size must be >= 1, got 0"),
-    Case("a threshold outside (0, 1)", lambda c: _train(c, "--threshold", "1.5"), "--threshold must be in (0, 1), got 1.5"),
-    Case("a flag value of the wrong type", lambda c: _train(c, "--lr", "abc"),
-         "argument --learning-rate/--lr: invalid float value: 'abc'"),
+    Case(
+        "a threshold outside (0, 1)",
+        lambda c: _train(c, "--threshold", "1.5"),
+        "--threshold must be in (0, 1), got 1.5",
+    ),
+    Case(
+        "a flag value of the wrong type",
+        lambda c: _train(c, "--lr", "abc"),
+        "argument --learning-rate/--lr: invalid float value: 'abc'",
+    ),
     Case("an unknown flag", lambda c: _train(c, "--bogus-flag", "1"), "unrecognized arguments: --bogus-flag 1"),
-    Case("--save-steps with --save-strategy no", lambda c: _train(c, "--save-steps", "8", "--save-strategy", "no"),
-         "--save-steps 8 has no effect with --save-strategy no"),
-    Case("--eval-steps with --eval-strategy epoch",
-         lambda c: _train(c, "--eval-steps", "8", "--eval-strategy", "epoch"),
-         "--eval-steps 8 has no effect with --eval-strategy epoch"),
-    Case("--save-total-limit without saving", lambda c: _train(c, "--save-total-limit", "2"),
-         "--save-total-limit 2 has no effect: no checkpoints are saved"),
+    Case(
+        "--save-steps with --save-strategy no",
+        lambda c: _train(c, "--save-steps", "8", "--save-strategy", "no"),
+        "--save-steps 8 has no effect with --save-strategy no",
+    ),
+    Case(
+        "--eval-steps with --eval-strategy epoch",
+        lambda c: _train(c, "--eval-steps", "8", "--eval-strategy", "epoch"),
+        "--eval-steps 8 has no effect with --eval-strategy epoch",
+    ),
+    Case(
+        "--save-total-limit without saving",
+        lambda c: _train(c, "--save-total-limit", "2"),
+        "--save-total-limit 2 has no effect: no checkpoints are saved",
+    ),
     Case("negative learning rate", lambda c: _train(c, "--lr", "-1"), "--learning-rate must be >= 0, got -1.0"),
     Case("NaN epochs", lambda c: _train(c, "--epochs", "nan"), "--num-train-epochs must be >= 0, got nan"),
-    Case("save steps 0", lambda c: _train(c, "--save-strategy", "steps", "--save-steps", "0"),
-         "--save-steps must be >= 1, got 0"),
-    Case("best model without evaluations", lambda c: _train(c, "--load-best-model-at-end"),
-         "--load-best-model-at-end needs evaluations: set --eval-strategy to steps or epoch"),
-    Case("--max-length beyond the model", lambda c: _train(c, "--max-length", "1000"),
-         "--max-length 1000: the model takes at most 128 tokens"),
-    Case("unknown metric for the best model",
-         lambda c: _train(c, "--eval-strategy", "steps", "--eval-steps", "1", "--max-steps", "2",
-                          "--validation-file", str(c.train), "--early-stopping-patience", "2",
-                          "--metric-for-best-model", "bleu"),
-         "--metric-for-best-model bleu: the evaluation has no such metric; it has: eval_accuracy, "
-         "eval_combined_score, eval_f1, eval_loss", early=False),
+    Case(
+        "save steps 0",
+        lambda c: _train(c, "--save-strategy", "steps", "--save-steps", "0"),
+        "--save-steps must be >= 1, got 0",
+    ),
+    Case(
+        "best model without evaluations",
+        lambda c: _train(c, "--load-best-model-at-end"),
+        "--load-best-model-at-end needs evaluations: set --eval-strategy to steps or epoch",
+    ),
+    Case(
+        "--max-length beyond the model",
+        lambda c: _train(c, "--max-length", "1000"),
+        "--max-length 1000: the model takes at most 128 tokens",
+    ),
+    Case(
+        "unknown metric for the best model",
+        lambda c: _train(
+            c,
+            "--eval-strategy",
+            "steps",
+            "--eval-steps",
+            "1",
+            "--max-steps",
+            "2",
+            "--validation-file",
+            str(c.train),
+            "--early-stopping-patience",
+            "2",
+            "--metric-for-best-model",
+            "bleu",
+        ),
+        "--metric-for-best-model bleu: the evaluation has no such metric; it has: eval_accuracy, "
+        "eval_combined_score, eval_f1, eval_loss",
+        early=False,
+    ),
     # ---- model directories
-    Case("missing model directory", lambda c: _train(c, "--model", str(c.tmp / "no-model")), "no-model: no such directory"),
-    Case("missing tokenizer files",
-         lambda c: _train(c, "--model", _model_without(c, "tokenizer.json", "tokenizer_config.json")),
-         "/model: no tokenizer files in the directory"),
-    Case("truncated model weights", lambda c: _train(c, "--model", _truncated_weights(c)),
-         "/model: cannot load: Error while deserializing header"),
-    Case("model without config.json", lambda c: _train(c, "--model", _model_without(c, "config.json")),
-         "/model: cannot load: Unrecognized model"),
+    Case(
+        "missing model directory",
+        lambda c: _train(c, "--model", str(c.tmp / "no-model")),
+        "no-model: no such directory",
+    ),
+    Case(
+        "missing tokenizer files",
+        lambda c: _train(c, "--model", _model_without(c, "tokenizer.json", "tokenizer_config.json")),
+        "/model: no tokenizer files in the directory",
+    ),
+    Case(
+        "truncated model weights",
+        lambda c: _train(c, "--model", _truncated_weights(c)),
+        "/model: cannot load: Error while deserializing header",
+    ),
+    Case(
+        "model without config.json",
+        lambda c: _train(c, "--model", _model_without(c, "config.json")),
+        "/model: cannot load: Unrecognized model",
+    ),
     # ---- checkpoints
-    Case("corrupt checkpoint", _corrupt_checkpoint,
-         "/checkpoint-4: not a usable checkpoint (model.safetensors does not match its checksum)"),
-    Case("checkpoint whose save did not finish", _unfinished_checkpoint,
-         "/checkpoint-4: not a usable checkpoint (no manifest.json: its save did not finish)"),
-    Case("--resume with no checkpoint", lambda c: _train(c, "--resume"),
-         "--resume: no usable checkpoint in", early=True),
-    Case("--resume with only broken checkpoints", _only_broken_checkpoints,
-         "(2 found, none complete)", early=False),
-    Case("--resume to a missing path", lambda c: _train(c, "--resume", str(c.tmp / "nowhere")),
-         "/nowhere: not a usable checkpoint (no such directory)"),
-    Case("--resume with another batch size",
-         lambda c: _train(c, "--resume", str(c.run / "checkpoint-4"), "--batch-size", "4"),
-         "checkpoint-4: it was trained with --per-device-train-batch-size 8, now 4", early=False),
+    Case(
+        "corrupt checkpoint",
+        _corrupt_checkpoint,
+        "/checkpoint-4: not a usable checkpoint (model.safetensors does not match its checksum)",
+    ),
+    Case(
+        "checkpoint whose save did not finish",
+        _unfinished_checkpoint,
+        "/checkpoint-4: not a usable checkpoint (no manifest.json: its save did not finish)",
+    ),
+    Case(
+        "--resume with no checkpoint", lambda c: _train(c, "--resume"), "--resume: no usable checkpoint in", early=True
+    ),
+    Case("--resume with only broken checkpoints", _only_broken_checkpoints, "(2 found, none complete)", early=False),
+    Case(
+        "--resume to a missing path",
+        lambda c: _train(c, "--resume", str(c.tmp / "nowhere")),
+        "/nowhere: not a usable checkpoint (no such directory)",
+    ),
+    Case(
+        "--resume with another batch size",
+        lambda c: _train(c, "--resume", str(c.run / "checkpoint-4"), "--batch-size", "4"),
+        "checkpoint-4: it was trained with --per-device-train-batch-size 8, now 4",
+        early=False,
+    ),
     # ---- output directories
-    Case("output dir is a file", lambda c: _train(c, "--output-dir", c.file("taken", "x")),
-         "--output-dir " + "{tmp}/taken: is a file, not a directory"),
-    Case("output dir under a file", lambda c: _train(c, "--output-dir", c.file("plain", "x") + "/out"),
-         "plain is a file, not a directory"),
-    Case("output dir not writable (/proc)", lambda c: _train(c, "--output-dir", "/proc/leantune-out"),
-         "--output-dir /proc/leantune-out: /proc is not writable"),
-    Case("output dir holds a previous run", lambda c: _train(c, "--output-dir", _previous_run(c)),
-         "holds a previous run (leantune_config.json); pass --overwrite-output-dir"),
-    Case("disk full while saving a checkpoint", lambda c: _train(c, "--save-strategy", "steps", "--save-steps", "2",
-                                                                 "--max-steps", "4"),
-         "/out/checkpoint-2: No space left on device; the checkpoints already there are intact",
-         early=False, patch=_full_on_safetensors),
-    Case("disk full while replacing a previous model",
-         lambda c: _train(c, "--output-dir", _previous_run(c), "--overwrite-output-dir", "--max-steps", "2"),
-         "cannot save the model to {tmp}/out: No space left on device; the files already there are unchanged",
-         early=False, patch=_full_on_safetensors, may_change=("log.jsonl", "metrics.json")),
-    Case("disk full on a rename", lambda c: _train(c, "--max-steps", "2", "--logging-steps", "1"),
-         "No space left on device", early=False, patch=_full_on_rename),
+    Case(
+        "output dir is a file",
+        lambda c: _train(c, "--output-dir", c.file("taken", "x")),
+        "--output-dir " + "{tmp}/taken: is a file, not a directory",
+    ),
+    Case(
+        "output dir under a file",
+        lambda c: _train(c, "--output-dir", c.file("plain", "x") + "/out"),
+        "plain is a file, not a directory",
+    ),
+    Case(
+        "output dir not writable (/proc)",
+        lambda c: _train(c, "--output-dir", "/proc/leantune-out"),
+        "--output-dir /proc/leantune-out: /proc is not writable",
+    ),
+    Case(
+        "output dir holds a previous run",
+        lambda c: _train(c, "--output-dir", _previous_run(c)),
+        "holds a previous run (leantune_config.json); pass --overwrite-output-dir",
+    ),
+    Case(
+        "disk full while saving a checkpoint",
+        lambda c: _train(c, "--save-strategy", "steps", "--save-steps", "2", "--max-steps", "4"),
+        "/out/checkpoint-2: No space left on device; the checkpoints already there are intact",
+        early=False,
+        patch=_full_on_safetensors,
+    ),
+    Case(
+        "disk full while replacing a previous model",
+        lambda c: _train(c, "--output-dir", _previous_run(c), "--overwrite-output-dir", "--max-steps", "2"),
+        "cannot save the model to {tmp}/out: No space left on device; the files already there are unchanged",
+        early=False,
+        patch=_full_on_safetensors,
+        may_change=("log.jsonl", "metrics.json"),
+    ),
+    Case(
+        "disk full on a rename",
+        lambda c: _train(c, "--max-steps", "2", "--logging-steps", "1"),
+        "No space left on device",
+        early=False,
+        patch=_full_on_rename,
+    ),
 ]
 
 
@@ -302,8 +491,29 @@ def shared(tiny_bert, tmp_path_factory) -> dict:
     d = tmp_path_factory.mktemp("bad-inputs-shared")
     train = write_csv(d / "train.csv", toy_rows(32, 0))
     run = d / "run"
-    assert main(["train", "--model", tiny_bert, "--train-file", str(train), "--output-dir", str(run), "--quiet",
-                 "--eval-strategy", "no", "--save-strategy", "steps", "--save-steps", "2", "--max-steps", "4"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                tiny_bert,
+                "--train-file",
+                str(train),
+                "--output-dir",
+                str(run),
+                "--quiet",
+                "--eval-strategy",
+                "no",
+                "--save-strategy",
+                "steps",
+                "--save-steps",
+                "2",
+                "--max-steps",
+                "4",
+            ]
+        )
+        == 0
+    )
     neg_pos = Path(shutil.copytree(tiny_bert, d / "neg-pos"))
     config = json.loads((neg_pos / "config.json").read_text())
     config.update(id2label={"0": "neg", "1": "pos"}, label2id={"neg": 0, "pos": 1})
@@ -365,15 +575,66 @@ def test_overlong_and_empty_texts_are_accepted(shared, tmp_path):
     assert [len(ids) for ids in out["train"]["input_ids"]] == [128, 2]  # truncated silently; [CLS] [SEP]
 
     csv = write_csv(tmp_path / "t.csv", [{"text": "word " * 2000, "label": 1}, {"text": "", "label": 0}] * 4)
-    assert main(["train", "--model", shared["model"], "--train-file", str(csv), "--output-dir", str(tmp_path / "out"),
-                 "--eval-strategy", "no", "--max-steps", "1", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                shared["model"],
+                "--train-file",
+                str(csv),
+                "--output-dir",
+                str(tmp_path / "out"),
+                "--eval-strategy",
+                "no",
+                "--max-steps",
+                "1",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
 
 
 # ---------------------------------------------------------------- fuzzing the loader
 
-_TOKENS = ["text", "label", "sentence1", "sentence2", "idx", "a b", "", " ", "0", "1", "2", "-1", "1.5", "nan", "inf",
-           "1e400", "99999999999999999999", "null", "true", '"', '""', "'", "\\", "{", "}", "[", "]", ":", "\u00e9",
-           "\u4e2d", "\x00", "\ufeff", '{"text": "x", "label": 1}', '{"label": [1]}', "[1, 2]"]
+_TOKENS = [
+    "text",
+    "label",
+    "sentence1",
+    "sentence2",
+    "idx",
+    "a b",
+    "",
+    " ",
+    "0",
+    "1",
+    "2",
+    "-1",
+    "1.5",
+    "nan",
+    "inf",
+    "1e400",
+    "99999999999999999999",
+    "null",
+    "true",
+    '"',
+    '""',
+    "'",
+    "\\",
+    "{",
+    "}",
+    "[",
+    "]",
+    ":",
+    "\u00e9",
+    "\u4e2d",
+    "\x00",
+    "\ufeff",
+    '{"text": "x", "label": 1}',
+    '{"label": [1]}',
+    "[1, 2]",
+]
 
 
 @st.composite
@@ -389,9 +650,11 @@ def _table_text(draw) -> bytes:
 @example(suffix=".json", data=b'{"text": "x", "label": 1},0', with_label_names=False)
 @example(suffix=".csv", data=b'"\n"\ntext', with_label_names=False)
 @example(suffix=".csv", data=b"text,label\na,99999999999999999999999\n", with_label_names=False)
-@given(suffix=st.sampled_from([".csv", ".tsv", ".json", ".jsonl", ".parquet"]),
-       data=st.one_of(st.binary(max_size=300), _table_text()),
-       with_label_names=st.booleans())
+@given(
+    suffix=st.sampled_from([".csv", ".tsv", ".json", ".jsonl", ".parquet"]),
+    data=st.one_of(st.binary(max_size=300), _table_text()),
+    with_label_names=st.booleans(),
+)
 def test_fuzzed_files_load_or_raise_leantune_error(suffix, data, with_label_names):
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / f"f{suffix}"

@@ -12,16 +12,27 @@ from conftest import toy_rows, write_csv
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "leantune", *args], capture_output=True, text=True, cwd=cwd, check=False,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "leantune", *args], capture_output=True, text=True, cwd=cwd, check=False, timeout=300
+    )
 
 
 @pytest.mark.parametrize("command", ["train", "evaluate", "predict"])
 def test_help(command):
     out = run(command, "--help")
     assert out.returncode == 0
-    for flag in ("--task", "--data-dir", "--train-file", "--model", "--output-dir", "--num-train-epochs",
-                 "--learning-rate", "--max-train-samples", "--group-by-length", "--weight-decay"):
+    for flag in (
+        "--task",
+        "--data-dir",
+        "--train-file",
+        "--model",
+        "--output-dir",
+        "--num-train-epochs",
+        "--learning-rate",
+        "--max-train-samples",
+        "--group-by-length",
+        "--weight-decay",
+    ):
         assert flag in out.stdout
     assert "Passes over the training set" in out.stdout
 
@@ -44,8 +55,25 @@ def csv_files(tmp_path_factory):
 def test_short_train_then_evaluate_and_predict(tiny_bert, csv_files, tmp_path):
     train, val, test = csv_files
     out = tmp_path / "run"
-    r = run("train", "--model", tiny_bert, "--train-file", str(train), "--validation-file", str(val),
-            "--output-dir", str(out), "--epochs", "2", "--batch-size", "8", "--lr", "1e-3", "--logging-steps", "4")
+    r = run(
+        "train",
+        "--model",
+        tiny_bert,
+        "--train-file",
+        str(train),
+        "--validation-file",
+        str(val),
+        "--output-dir",
+        str(out),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--lr",
+        "1e-3",
+        "--logging-steps",
+        "4",
+    )
     assert r.returncode == 0, r.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["evaluations"]) == 2 and metrics["evaluations"][-1]["eval_samples"] == 24
@@ -53,8 +81,16 @@ def test_short_train_then_evaluate_and_predict(tiny_bert, csv_files, tmp_path):
     assert config["training"]["learning_rate"] == 1e-3 and config["labels"] == ["0", "1"]
     # every lever and process setting, applied or not, with its reason: in the config and in one log line
     speed = config["speed"]
-    assert {"compact_embeddings", "cls_only_last_layer", "fast_dropout", "fused_clip", "group_by_length",
-            "cuda_graphs", "mkl", "malloc"} <= speed.keys()
+    assert {
+        "compact_embeddings",
+        "cls_only_last_layer",
+        "fast_dropout",
+        "fused_clip",
+        "group_by_length",
+        "cuda_graphs",
+        "mkl",
+        "malloc",
+    } <= speed.keys()
     assert all(isinstance(v["applied"], bool) and v["reason"] for v in speed.values())
     assert speed["compact_embeddings"]["applied"] and speed["cls_only_last_layer"]["applied"]
     assert not speed["cuda_graphs"]["applied"]
@@ -101,8 +137,14 @@ def _bad_inputs(tmp: Path, train: Path, model: str) -> list[tuple[list[str], str
         (["--train-file", str(tmp / "nope.csv")], "nope.csv: no such file"),
         (["--train-file", str(latin)], "latin.csv: not valid UTF-8"),
         (["--task", "mrcp", "--data-dir", str(glue)], "unknown task 'mrcp'"),
-        (["--train-file", str(train), "--text-columns", "sentence"], "column 'sentence' not found; columns are: sentence1, sentence2, label"),
-        (["--task", "mrpc", "--data-dir", str(glue)], "labels outside mrpc's label set ['not_equivalent', 'equivalent'] on lines 3"),
+        (
+            ["--train-file", str(train), "--text-columns", "sentence"],
+            "column 'sentence' not found; columns are: sentence1, sentence2, label",
+        ),
+        (
+            ["--task", "mrpc", "--data-dir", str(glue)],
+            "labels outside mrpc's label set ['not_equivalent', 'equivalent'] on lines 3",
+        ),
         (["--train-file", str(empty)], "empty.csv: no data rows"),
         (["--train-file", str(train), "--model", str(tmp / "no-model")], "no-model: no such directory"),
         (["--train-file", str(train), "--output-dir", str(prev)], "holds a previous run (metrics.json)"),

@@ -21,8 +21,11 @@ def _params_and_optimizer(fused: bool = True) -> tuple[list[torch.nn.Parameter],
 def _run(steps: int, grad_scale: float, folded: bool, fused: bool = True) -> tuple[list[torch.Tensor], list[float]]:
     """`steps` AdamW steps on fixed random gradients of size ~`grad_scale`, clipped to norm 1."""
     params, opt = _params_and_optimizer(fused)
-    acc = SimpleNamespace(scaler=None, device=torch.device("cpu"),
-                          clip_grad_norm_=lambda ps, m: torch.nn.utils.clip_grad_norm_(list(ps), m))
+    acc = SimpleNamespace(
+        scaler=None,
+        device=torch.device("cpu"),
+        clip_grad_norm_=lambda ps, m: torch.nn.utils.clip_grad_norm_(list(ps), m),
+    )
     norms = []
     for k in range(steps):
         g = torch.Generator().manual_seed(k)

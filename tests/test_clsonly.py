@@ -28,8 +28,14 @@ from leantune import Trainer, TrainingArguments, tokenize
 from leantune.speed import packing
 from leantune.speed.clsonly import cls_only_last_layer, last_layer, why_not
 
-SIZES = {"vocab_size": 120, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
-         "intermediate_size": 64, "max_position_embeddings": 64}
+SIZES = {
+    "vocab_size": 120,
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 64,
+    "max_position_embeddings": 64,
+}
 
 
 def _model(kind: str, attn: str = "sdpa") -> torch.nn.Module:
@@ -41,16 +47,34 @@ def _model(kind: str, attn: str = "sdpa") -> torch.nn.Module:
     elif kind == "electra":
         model = ElectraForSequenceClassification(ElectraConfig(**SIZES, embedding_size=32, num_labels=3))
     elif kind == "modernbert":  # 3 layers: the last is a sliding-window one (a window of 8 over 11 tokens)
-        model = ModernBertForSequenceClassification(ModernBertConfig(
-            vocab_size=120, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
-            max_position_embeddings=64, pad_token_id=1, bos_token_id=2, eos_token_id=3, cls_token_id=2,
-            sep_token_id=3, local_attention=8, num_labels=3, classifier_pooling="cls"))
+        model = ModernBertForSequenceClassification(
+            ModernBertConfig(
+                vocab_size=120,
+                hidden_size=32,
+                num_hidden_layers=3,
+                num_attention_heads=4,
+                intermediate_size=64,
+                max_position_embeddings=64,
+                pad_token_id=1,
+                bos_token_id=2,
+                eos_token_id=3,
+                cls_token_id=2,
+                sep_token_id=3,
+                local_attention=8,
+                num_labels=3,
+                classifier_pooling="cls",
+            )
+        )
     elif kind == "mpnet":
-        model = MPNetForSequenceClassification(MPNetConfig(**{**SIZES, "max_position_embeddings": 80}, num_labels=3,
-                                                           pad_token_id=1))
+        model = MPNetForSequenceClassification(
+            MPNetConfig(**{**SIZES, "max_position_embeddings": 80}, num_labels=3, pad_token_id=1)
+        )
     else:
-        model = DistilBertForSequenceClassification(DistilBertConfig(
-            vocab_size=120, dim=32, n_layers=2, n_heads=4, hidden_dim=64, max_position_embeddings=64, num_labels=3))
+        model = DistilBertForSequenceClassification(
+            DistilBertConfig(
+                vocab_size=120, dim=32, n_layers=2, n_heads=4, hidden_dim=64, max_position_embeddings=64, num_labels=3
+            )
+        )
     model.config._attn_implementation = attn
     return model
 
@@ -72,9 +96,20 @@ def _logits_and_grads(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor
     return out.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("kind,attn", [("bert", "sdpa"), ("bert", "eager"), ("roberta", "sdpa"), ("electra", "sdpa"),
-                                       ("distilbert", "sdpa"), ("distilbert", "eager"), ("mpnet", "eager"),
-                                       ("modernbert", "sdpa"), ("modernbert", "eager")])
+@pytest.mark.parametrize(
+    "kind,attn",
+    [
+        ("bert", "sdpa"),
+        ("bert", "eager"),
+        ("roberta", "sdpa"),
+        ("electra", "sdpa"),
+        ("distilbert", "sdpa"),
+        ("distilbert", "eager"),
+        ("mpnet", "eager"),
+        ("modernbert", "sdpa"),
+        ("modernbert", "eager"),
+    ],
+)
 def test_same_logits_and_gradients_as_the_full_last_layer(kind, attn):
     model, batch = _model(kind, attn).eval(), _batch()  # eval: no dropout, so both runs are deterministic
     full_logits, full_grads = _logits_and_grads(model, batch)
@@ -120,9 +155,17 @@ def test_training_with_and_without_it_ends_at_the_same_weights(tiny_bert, tmp_pa
     for on in (True, False):
         # no dropout: the two runs' random streams would differ (fewer masks drawn), not their maths
         model = AutoModelForSequenceClassification.from_pretrained(
-            tiny_bert, num_labels=2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-        args = TrainingArguments(str(tmp_path / str(on)), num_train_epochs=2, learning_rate=1e-3, seed=0,
-                                 cls_only_last_layer=on, disable_tqdm=True, use_cpu=True)
+            tiny_bert, num_labels=2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
+        )
+        args = TrainingArguments(
+            str(tmp_path / str(on)),
+            num_train_epochs=2,
+            learning_rate=1e-3,
+            seed=0,
+            cls_only_last_layer=on,
+            disable_tqdm=True,
+            use_cpu=True,
+        )
         trainer = Trainer(model, args, train_dataset=data, eval_dataset=data, processing_class=tok)
         why_not(model)  # the probes (run once per model) before the hook counts rows
         packing.why_not(model, cls_only=on)  # and the packed batches' probe, with the layer as training runs it

@@ -11,8 +11,10 @@ from leantune.collate import DataCollatorWithPadding, LengthGroupedBatchSampler,
 
 
 def test_pads_to_longest_with_mask_token_types_and_labels():
-    rows = [{"input_ids": [101, 5, 6, 102], "token_type_ids": [0, 0, 1, 1], "label": 1, "idx": 3},
-            {"input_ids": [101, 102], "token_type_ids": [0, 0], "label": 0, "idx": 4}]
+    rows = [
+        {"input_ids": [101, 5, 6, 102], "token_type_ids": [0, 0, 1, 1], "label": 1, "idx": 3},
+        {"input_ids": [101, 102], "token_type_ids": [0, 0], "label": 0, "idx": 4},
+    ]
     batch = DataCollatorWithPadding(pad_token_id=9)(rows)
     assert set(batch) == {"input_ids", "token_type_ids", "attention_mask", "labels"}
     assert batch["input_ids"].tolist() == [[101, 5, 6, 102], [101, 102, 9, 9]]
@@ -55,7 +57,7 @@ def test_length_grouped_batches_cover_everything_once_are_seeded_and_pad_less():
 
     g = torch.Generator().manual_seed(0)
     perm = torch.randperm(1000, generator=g).tolist()
-    random_batches = [perm[i:i + 8] for i in range(0, 1000, 8)]
+    random_batches = [perm[i : i + 8] for i in range(0, 1000, 8)]
     assert waste(epoch0) < 0.05 < waste(random_batches)
     # batch order is shuffled, not longest-first
     firsts = [max(lengths[i] for i in b) for b in epoch0[:20]]

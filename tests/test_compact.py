@@ -22,8 +22,9 @@ def _data(model_dir: str):
     tok = AutoTokenizer.from_pretrained(model_dir)
     # the evaluation rows hold words the training rows never use: eval must see the full matrix
     extra = [{"sentence1": "a zebra and a giraffe", "sentence2": "penguins near volcanoes", "label": 1}] * 8
-    raw = DatasetDict({"train": Dataset.from_list(toy_rows(64, 0)),
-                       "validation": Dataset.from_list(toy_rows(16, 1) + extra)})
+    raw = DatasetDict(
+        {"train": Dataset.from_list(toy_rows(64, 0)), "validation": Dataset.from_list(toy_rows(16, 1) + extra)}
+    )
     return tok, tokenize(raw, tok, ("sentence1", "sentence2"))
 
 
@@ -32,9 +33,19 @@ def _train(model_dir: str, out, compact: bool, spy: list | None = None, **kw) ->
     tok, data = _data(model_dir)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2)
     init = {k: v.clone() for k, v in model.state_dict().items()}
-    args = TrainingArguments(str(out), **{"num_train_epochs": 3, "learning_rate": 1e-3, "per_device_train_batch_size": 8,
-                                          "logging_steps": 4, "seed": 0, "compact_embeddings": compact,
-                                          "use_cpu": True, **kw})  # compaction is CPU-only
+    args = TrainingArguments(
+        str(out),
+        **{
+            "num_train_epochs": 3,
+            "learning_rate": 1e-3,
+            "per_device_train_batch_size": 8,
+            "logging_steps": 4,
+            "seed": 0,
+            "compact_embeddings": compact,
+            "use_cpu": True,
+            **kw,
+        },
+    )  # compaction is CPU-only
     trainer = Trainer(model, args, train_dataset=data["train"], eval_dataset=data["validation"], processing_class=tok)
     trainer.train()
     return trainer, init
@@ -78,8 +89,7 @@ def test_compact_training_gives_the_same_weights_and_leaves_unused_rows_alone(ti
     assert [r.get("eval_loss") for r in full.log_history] == [r.get("eval_loss") for r in compact.log_history]
 
 
-def test_the_persistent_gradient_buffer_is_exact_across_steps_and_micro_batches(tiny_bert, tmp_path, spy,
-                                                                                 monkeypatch):
+def test_the_persistent_gradient_buffer_is_exact_across_steps_and_micro_batches(tiny_bert, tmp_path, spy, monkeypatch):
     # the compact gradient is one buffer for the whole run, zeroed between optimizer steps:
     # rows left over from an earlier step, or a lost micro-batch, would show up as different weights
     kw = {"gradient_accumulation_steps": 2, "max_grad_norm": 0.05}
@@ -117,8 +127,13 @@ def test_an_id_outside_the_row_set_stops_with_a_clear_error_and_restores_the_mod
             batch["input_ids"][0, 1] = 29999  # a token no training row holds
             return batch
 
-    trainer = Trainer(model, TrainingArguments(str(tmp_path), max_steps=2, use_cpu=True), train_dataset=data["train"],
-                      data_collator=Injecting(tok), processing_class=tok)
+    trainer = Trainer(
+        model,
+        TrainingArguments(str(tmp_path), max_steps=2, use_cpu=True),
+        train_dataset=data["train"],
+        data_collator=Injecting(tok),
+        processing_class=tok,
+    )
     with pytest.raises(LeantuneError, match=r"token id\(s\) \[29999\].*--no-compact-embeddings"):
         trainer.train()
     assert model.get_input_embeddings() is original
@@ -141,8 +156,9 @@ def test_compaction_is_skipped_where_it_would_change_the_maths(tiny_bert):
     assert "weight decay" in compaction_problem(model, TrainingArguments("x", weight_decay=0.01), cpu)
     assert "turned off" in compaction_problem(model, TrainingArguments("x", compact_embeddings=False), cpu)
     assert "CPU only" in compaction_problem(model, TrainingArguments("x"), torch.device("meta"))
-    mlm = BertForMaskedLM(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=1,
-                                     intermediate_size=8))
+    mlm = BertForMaskedLM(
+        BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8)
+    )
     assert "tied" in compaction_problem(mlm, TrainingArguments("x"), cpu)
     model.get_input_embeddings().weight.requires_grad_(False)
     assert "frozen" in compaction_problem(model, TrainingArguments("x"), cpu)
@@ -163,8 +179,18 @@ def test_a_skipped_nonfinite_step_leaves_no_nan_in_the_reused_gradient_buffer(ti
         return output
 
     model.classifier.register_forward_hook(poison_second_forward)
-    args = TrainingArguments(str(tmp_path), max_steps=6, learning_rate=1e-3, per_device_train_batch_size=8, seed=0,
-                             use_cpu=True, skip_nonfinite=True, optim=optim, eval_strategy="no", disable_tqdm=True)
+    args = TrainingArguments(
+        str(tmp_path),
+        max_steps=6,
+        learning_rate=1e-3,
+        per_device_train_batch_size=8,
+        seed=0,
+        use_cpu=True,
+        skip_nonfinite=True,
+        optim=optim,
+        eval_strategy="no",
+        disable_tqdm=True,
+    )
     result = Trainer(model, args, train_dataset=data["train"], processing_class=tok).train()
     assert spy[0] is not None  # compaction ran
     assert result.metrics["skipped_steps"] == 1

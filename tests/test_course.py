@@ -36,7 +36,8 @@ def test_chapter_3_trainer_api(mrpc_dir, tiny_bert, tmp_path, monkeypatch):
     lengths = [len(x) for x in samples["input_ids"]]
     batch = data_collator(samples)
     assert {k: tuple(v.shape) for k, v in batch.items()} == {
-        k: (8, max(lengths)) for k in ("input_ids", "token_type_ids", "attention_mask")} | {"labels": (8,)}
+        k: (8, max(lengths)) for k in ("input_ids", "token_type_ids", "attention_mask")
+    } | {"labels": (8,)}
 
     training_args = TrainingArguments("test-trainer")
     model = AutoModelForSequenceClassification.from_pretrained(checkpoint, num_labels=2)
@@ -132,8 +133,9 @@ def test_chapter_3_full_training_loop(mrpc_dir, tiny_bert):
     optimizer = AdamW(model.parameters(), lr=5e-5)
     num_epochs = 3
     num_training_steps = num_epochs * len(train_dataloader)
-    lr_scheduler = get_scheduler("linear", optimizer=optimizer, num_warmup_steps=0,
-                                 num_training_steps=num_training_steps)
+    lr_scheduler = get_scheduler(
+        "linear", optimizer=optimizer, num_warmup_steps=0, num_training_steps=num_training_steps
+    )
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     model.to(device)
     progress_bar = tqdm(range(num_training_steps))

@@ -54,18 +54,23 @@ def test_glue_label_outside_the_set_names_the_lines(tmp_path):
 
 
 def _rows():
-    return [{"id": i, "premise": f"text number {i}", "hyp": f"other {i}", "label": ["pos", "neg", "neutral"][i % 3]}
-            for i in range(12)]
+    return [
+        {"id": i, "premise": f"text number {i}", "hyp": f"other {i}", "label": ["pos", "neg", "neutral"][i % 3]}
+        for i in range(12)
+    ]
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".tsv", ".json", ".jsonl", ".parquet"])
 def test_every_file_format_loads_the_same(tmp_path, suffix):
     df = pd.DataFrame(_rows())
     path = tmp_path / f"train{suffix}"
-    {".csv": lambda: df.to_csv(path, index=False), ".tsv": lambda: df.to_csv(path, sep="\t", index=False),
-     ".json": lambda: df.to_json(path, orient="records"),
-     ".jsonl": lambda: df.to_json(path, orient="records", lines=True),
-     ".parquet": lambda: df.to_parquet(path)}[suffix]()
+    {
+        ".csv": lambda: df.to_csv(path, index=False),
+        ".tsv": lambda: df.to_csv(path, sep="\t", index=False),
+        ".json": lambda: df.to_json(path, orient="records"),
+        ".jsonl": lambda: df.to_json(path, orient="records", lines=True),
+        ".parquet": lambda: df.to_parquet(path),
+    }[suffix]()
     dsd, info = load_files({"train": path})
     # id-like column skipped; the first two text columns taken; string labels sorted into ids
     assert info.text_columns == ("premise", "hyp")
@@ -92,7 +97,9 @@ def test_quoted_csv_with_commas_and_regression_labels(tmp_path):
 def test_label_mapping_is_shared_by_splits_and_unseen_labels_are_named(tmp_path):
     train = write_csv(tmp_path / "train.csv", [{"text": "a", "label": "yes"}, {"text": "b", "label": "no"}])
     val = write_csv(tmp_path / "val.csv", [{"text": "c", "label": "no"}, {"text": "d", "label": "maybe"}])
-    with pytest.raises(LeantuneError, match=r"val.csv: column 'label' must be one of \['no', 'yes'\]; bad values on rows 2"):
+    with pytest.raises(
+        LeantuneError, match=r"val.csv: column 'label' must be one of \['no', 'yes'\]; bad values on rows 2"
+    ):
         load_files({"train": train, "validation": val})
 
 
@@ -108,20 +115,27 @@ def _file(name: str, data: bytes | None):
         if data is not None:
             (d / name).write_bytes(data)
         return d / name
+
     return make
 
 
-@pytest.mark.parametrize("setup, message", [
-    (_file("missing.csv", None), r"missing.csv: no such file"),
-    (_file("latin.csv", b"text,label\ncaf\xe9,1\n"), r"latin.csv: not valid UTF-8"),
-    (_file("empty.csv", b""), r"empty.csv: file is empty"),
-    (_file("head.csv", b"text,label\n"), r"head.csv: no data rows"),
-    (_file("x.txt", b"a"), r"x.txt: unsupported file type"),
-    (_file("nolabel.csv", b"text,lable\na,1\n"), r"nolabel.csv: label column 'label' not found; columns are: text, lable"),
-    (_file("nan.csv", b"text,label\na,1\nb,nan\n"), r"NaN/inf on rows 2"),
-    (_file("ragged.tsv", b"text\tlabel\na\t1\nb\t0\textra\n"), r"ragged.tsv: cannot parse as TSV"),
-    (_file("bad.jsonl", b'{"text": "a", "label": 1}\n{"text": \n'), r"bad.jsonl: cannot parse as JSONL"),
-])
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (_file("missing.csv", None), r"missing.csv: no such file"),
+        (_file("latin.csv", b"text,label\ncaf\xe9,1\n"), r"latin.csv: not valid UTF-8"),
+        (_file("empty.csv", b""), r"empty.csv: file is empty"),
+        (_file("head.csv", b"text,label\n"), r"head.csv: no data rows"),
+        (_file("x.txt", b"a"), r"x.txt: unsupported file type"),
+        (
+            _file("nolabel.csv", b"text,lable\na,1\n"),
+            r"nolabel.csv: label column 'label' not found; columns are: text, lable",
+        ),
+        (_file("nan.csv", b"text,label\na,1\nb,nan\n"), r"NaN/inf on rows 2"),
+        (_file("ragged.tsv", b"text\tlabel\na\t1\nb\t0\textra\n"), r"ragged.tsv: cannot parse as TSV"),
+        (_file("bad.jsonl", b'{"text": "a", "label": 1}\n{"text": \n'), r"bad.jsonl: cannot parse as JSONL"),
+    ],
+)
 def test_bad_files_raise_one_clear_error(tmp_path, setup, message):
     with pytest.raises(LeantuneError, match=message):
         load_files({"train": setup(tmp_path)})
@@ -140,8 +154,9 @@ def test_load_data_rejects_unknown_task_and_data_dir_without_task(tmp_path):
         load_data(data_dir=tmp_path)
 
 
-def test_tokenize_is_unpadded_keeps_token_types_only_where_used_and_is_cached(mrpc_dir, minilm_dir, tmp_path,
-                                                                              tiny_distilbert):
+def test_tokenize_is_unpadded_keeps_token_types_only_where_used_and_is_cached(
+    mrpc_dir, minilm_dir, tmp_path, tiny_distilbert
+):
     from transformers import AutoTokenizer
 
     dsd, info = load_glue("mrpc", mrpc_dir)
@@ -168,5 +183,10 @@ def test_tokenize_is_unpadded_keeps_token_types_only_where_used_and_is_cached(mr
     assert set(out["train"].column_names) == {"label", "idx", "input_ids", "token_type_ids"}
     distil = tokenize(small, AutoTokenizer.from_pretrained(tiny_distilbert), info.text_columns, cache_dir=tmp_path)
     assert "token_type_ids" not in distil["train"].column_names
-    assert json.loads((Path(tmp_path) / next(p.name for p in Path(tmp_path).iterdir()
-                                                if not p.name.startswith(".")) / "dataset_dict.json").read_text())
+    assert json.loads(
+        (
+            Path(tmp_path)
+            / next(p.name for p in Path(tmp_path).iterdir() if not p.name.startswith("."))
+            / "dataset_dict.json"
+        ).read_text()
+    )

@@ -16,8 +16,17 @@ from leantune.distributed import ShardedBatchSampler, eval_batches, shard
 
 
 def torchrun(n: int, *args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
-           "-m", "leantune", *args, "--use-cpu"]  # gloo on the CPU, also where there is a GPU
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={n}",
+        "-m",
+        "leantune",
+        *args,
+        "--use-cpu",
+    ]  # gloo on the CPU, also where there is a GPU
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
 
 
@@ -36,8 +45,9 @@ def no_dropout_bert(tmp_path_factory, tiny_bert) -> str:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     out = tmp_path_factory.mktemp("nodrop")
-    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert, hidden_dropout_prob=0.0,
-                                                               attention_probs_dropout_prob=0.0)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        tiny_bert, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
+    )
     model.save_pretrained(out)
     AutoTokenizer.from_pretrained(tiny_bert).save_pretrained(out)
     return str(out)
@@ -47,14 +57,32 @@ def no_dropout_bert(tmp_path_factory, tiny_bert) -> str:
 def files(tmp_path_factory) -> tuple[Path, Path, Path]:
     d = tmp_path_factory.mktemp("dist-data")
     test_rows = [{k: v for k, v in r.items() if k != "label"} for r in toy_rows(37, 3)]
-    return (write_csv(d / "train.csv", toy_rows(64, 0)), write_csv(d / "val.csv", toy_rows(101, 1)),
-            write_csv(d / "test.csv", test_rows))
+    return (
+        write_csv(d / "train.csv", toy_rows(64, 0)),
+        write_csv(d / "val.csv", toy_rows(101, 1)),
+        write_csv(d / "test.csv", test_rows),
+    )
 
 
 def test_two_processes_batch_4_match_one_process_batch_8(no_dropout_bert, files, tmp_path):
     train, val, _ = files
-    common = ["train", "--model", no_dropout_bert, "--train-file", str(train), "--validation-file", str(val),
-              "--max-steps", "6", "--lr", "1e-3", "--logging-steps", "2", "--per-device-eval-batch-size", "8"]
+    common = [
+        "train",
+        "--model",
+        no_dropout_bert,
+        "--train-file",
+        str(train),
+        "--validation-file",
+        str(val),
+        "--max-steps",
+        "6",
+        "--lr",
+        "1e-3",
+        "--logging-steps",
+        "2",
+        "--per-device-eval-batch-size",
+        "8",
+    ]
     one = torchrun(1, *common, "--batch-size", "8", "--output-dir", str(tmp_path / "one"))
     assert one.returncode == 0, one.stderr[-2000:]
     two = torchrun(2, *common, "--batch-size", "4", "--output-dir", str(tmp_path / "two"))
@@ -77,10 +105,30 @@ def test_two_processes_batch_4_match_one_process_batch_8(no_dropout_bert, files,
 
 def test_two_process_predict_writes_each_index_once_in_order(no_dropout_bert, files, tmp_path):
     _, _, test = files
-    one = torchrun(1, "predict", "--model", no_dropout_bert, "--test-file", str(test), "--output-dir",
-                   str(tmp_path / "p1"), "--per-device-eval-batch-size", "4")
-    two = torchrun(2, "predict", "--model", no_dropout_bert, "--test-file", str(test), "--output-dir",
-                   str(tmp_path / "p2"), "--per-device-eval-batch-size", "4")
+    one = torchrun(
+        1,
+        "predict",
+        "--model",
+        no_dropout_bert,
+        "--test-file",
+        str(test),
+        "--output-dir",
+        str(tmp_path / "p1"),
+        "--per-device-eval-batch-size",
+        "4",
+    )
+    two = torchrun(
+        2,
+        "predict",
+        "--model",
+        no_dropout_bert,
+        "--test-file",
+        str(test),
+        "--output-dir",
+        str(tmp_path / "p2"),
+        "--per-device-eval-batch-size",
+        "4",
+    )
     assert one.returncode == 0 and two.returncode == 0, two.stderr[-2000:]
     lines = (tmp_path / "p2" / "predictions.tsv").read_text().splitlines()
     assert [line.split("\t")[0] for line in lines[1:]] == [str(i) for i in range(37)]
@@ -102,15 +150,43 @@ def test_two_process_kill_and_resume_matches_the_uninterrupted_run(tiny_bert, fi
     import time
 
     train, val, _ = files
-    flags = ["train", "--model", tiny_bert, "--train-file", str(train), "--validation-file", str(val),
-             "--epochs", "10", "--batch-size", "4", "--lr", "1e-3", "--logging-steps", "2", "--quiet"]
+    flags = [
+        "train",
+        "--model",
+        tiny_bert,
+        "--train-file",
+        str(train),
+        "--validation-file",
+        str(val),
+        "--epochs",
+        "10",
+        "--batch-size",
+        "4",
+        "--lr",
+        "1e-3",
+        "--logging-steps",
+        "2",
+        "--quiet",
+    ]
     ref = torchrun(2, *flags, "--output-dir", str(tmp_path / "ref"))
     assert ref.returncode == 0, ref.stderr[-2000:]
 
     out = tmp_path / "killed"
     ckpt = ["--save-strategy", "steps", "--save-steps", "5"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "leantune",
-           *flags, "--output-dir", str(out), *ckpt, "--use-cpu"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        "-m",
+        "leantune",
+        *flags,
+        "--output-dir",
+        str(out),
+        *ckpt,
+        "--use-cpu",
+    ]
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 240
     while not (out / "checkpoint-30").exists():  # epoch 4 of 10, mid-epoch (8 steps an epoch)
@@ -126,8 +202,9 @@ def test_two_process_kill_and_resume_matches_the_uninterrupted_run(tiny_bert, fi
     assert all(torch.equal(a[k], b[k]) for k in a), max((a[k] - b[k]).abs().max().item() for k in a)
     ea = json.loads((tmp_path / "ref" / "metrics.json").read_text())["evaluations"]
     eb = json.loads((out / "metrics.json").read_text())["evaluations"]
-    assert [(r["step"], r["eval_loss"], r["eval_accuracy"]) for r in ea] == \
-        [(r["step"], r["eval_loss"], r["eval_accuracy"]) for r in eb]
+    assert [(r["step"], r["eval_loss"], r["eval_accuracy"]) for r in ea] == [
+        (r["step"], r["eval_loss"], r["eval_accuracy"]) for r in eb
+    ]
 
 
 def test_a_rank_whose_master_never_answers_fails_in_one_line(tiny_bert, files, tmp_path):
@@ -136,12 +213,39 @@ def test_a_rank_whose_master_never_answers_fails_in_one_line(tiny_bert, files, t
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**__import__("os").environ, "RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
-           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    env = {
+        **__import__("os").environ,
+        "RANK": "1",
+        "LOCAL_RANK": "1",
+        "WORLD_SIZE": "2",
+        "LOCAL_WORLD_SIZE": "2",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+    }
     out = tmp_path / "never"
-    r = subprocess.run([sys.executable, "-m", "leantune", "train", "--model", tiny_bert, "--train-file",
-                        str(files[0]), "--output-dir", str(out), "--eval-strategy", "no", "--ddp-timeout", "3"],
-                       capture_output=True, text=True, timeout=120, env=env, check=False)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "leantune",
+            "train",
+            "--model",
+            tiny_bert,
+            "--train-file",
+            str(files[0]),
+            "--output-dir",
+            str(out),
+            "--eval-strategy",
+            "no",
+            "--ddp-timeout",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
     assert r.returncode == 2, r.stderr[-2000:]
     # our one line comes last; torch's C++ layer logs its socket timeout above it, which we cannot silence
     last = r.stderr.strip().splitlines()[-1]

@@ -209,8 +209,12 @@ def test_kernels_give_the_same_result_on_one_thread_or_two():
 
 def test_sum_squares_is_the_float64_sum_for_every_kind_of_tensor():
     _kernels_or_skip()
-    tensors = [torch.randn(1_000_003) * 3, torch.randn(17), torch.randn(64, 33).t(),  # the last not contiguous
-               torch.randn(5, dtype=torch.bfloat16)]
+    tensors = [
+        torch.randn(1_000_003) * 3,
+        torch.randn(17),
+        torch.randn(64, 33).t(),  # the last not contiguous
+        torch.randn(5, dtype=torch.bfloat16),
+    ]
     exact = sum(float(t.double().pow(2).sum()) for t in tensors)
     assert kernels.sum_squares(tensors) == pytest.approx(exact, rel=1e-12)
 
@@ -235,7 +239,9 @@ def test_a_corrupt_or_foreign_cached_library_is_rebuilt_and_a_wrong_one_never_us
             if broken is None:  # a real library without the kernels' functions
                 src = tmp_path / "empty.c"
                 src.write_text("int lt_other(void) { return 0; }\n")
-                subprocess.run([os.environ.get("CC", "cc"), "-shared", "-fPIC", str(src), "-o", str(target)], check=True)
+                subprocess.run(
+                    [os.environ.get("CC", "cc"), "-shared", "-fPIC", str(src), "-o", str(target)], check=True
+                )
             else:
                 target.write_bytes(broken)
             lib = _fresh_library(monkeypatch, tmp_path)
@@ -286,8 +292,16 @@ def _masks_of_a_short_training(tiny_bert, tmp_path, steps: int = 2) -> list[tupl
             masks.append((type(self).__name__, (y != 0) | (x == 0)))
         return y
 
-    args = TrainingArguments(str(tmp_path), max_steps=steps, per_device_train_batch_size=8, use_cpu=True,
-                             eval_strategy="no", disable_tqdm=True, seed=0, group_by_length=False)
+    args = TrainingArguments(
+        str(tmp_path),
+        max_steps=steps,
+        per_device_train_batch_size=8,
+        use_cpu=True,
+        eval_strategy="no",
+        disable_tqdm=True,
+        seed=0,
+        group_by_length=False,
+    )
     import unittest.mock
 
     with unittest.mock.patch.object(FastDropout, "forward", recording):

@@ -31,16 +31,32 @@ LABELS = {
     "floats": st.floats(-5, 5, allow_nan=False),
     "lists": st.lists(st.sampled_from(["x", "y", "z"]), max_size=3),
     "joined": st.sampled_from(["x", "y", "x,y", "y,z", "x,y,z"]),
-    "anything": st.one_of(st.sampled_from(["pos", "0", "", "nan", "1.5", "a,b"]), st.integers(-2, 5),
-                          st.floats(allow_nan=True, allow_infinity=True), st.none(),
-                          st.lists(st.sampled_from(["x", "0"]), max_size=2)),
+    "anything": st.one_of(
+        st.sampled_from(["pos", "0", "", "nan", "1.5", "a,b"]),
+        st.integers(-2, 5),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.none(),
+        st.lists(st.sampled_from(["x", "0"]), max_size=2),
+    ),
 }
 LAYOUTS = [["text", "label"], ["sentence1", "sentence2", "label"], ["text", "label", "idx"], ["idx", "text", "label"]]
 FORMATS = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
-MUTATIONS = ("no_header", "trailing_delimiter", "extra_field", "repeat_column", "latin1", "bom",
-             "wrong_delimiter", "blank_line", "truncate", "null_cell", "type_cell")
-SETTINGS = settings(max_examples=300, deadline=None, database=None, derandomize=True,
-                    suppress_health_check=list(HealthCheck))
+MUTATIONS = (
+    "no_header",
+    "trailing_delimiter",
+    "extra_field",
+    "repeat_column",
+    "latin1",
+    "bom",
+    "wrong_delimiter",
+    "blank_line",
+    "truncate",
+    "null_cell",
+    "type_cell",
+)
+SETTINGS = settings(
+    max_examples=300, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck)
+)
 seen: dict[str, int] = {"loaded": 0, "refused": 0}
 reasons: collections.Counter = collections.Counter()  # why the refused ones were refused (printed)
 
@@ -49,8 +65,9 @@ reasons: collections.Counter = collections.Counter()  # why the refused ones wer
 def tables(draw) -> pd.DataFrame:
     # mostly the layouts real files have; sometimes any columns at all
     layout = st.sampled_from(LAYOUTS)
-    columns = draw(st.one_of(layout, layout, layout, st.lists(st.sampled_from(COLUMNS), min_size=1, max_size=4,
-                                                             unique=True)))
+    columns = draw(
+        st.one_of(layout, layout, layout, st.lists(st.sampled_from(COLUMNS), min_size=1, max_size=4, unique=True))
+    )
     labels = LABELS[draw(st.sampled_from(list(LABELS)))]
     rows = draw(st.integers(2, 8))
     cell = {"label": labels, "idx": st.integers(0, 100)}
@@ -109,11 +126,20 @@ MUTATION = st.one_of(st.just("none"), st.sampled_from(MUTATIONS))
 
 
 @SETTINGS
-@given(df=tables(), suffix=st.sampled_from(FORMATS), mutation=MUTATION,
-       texts=st.one_of(st.none(), st.none(), st.none(), st.lists(st.sampled_from(COLUMNS + ["missing"]), min_size=1,
-                                                      max_size=2, unique=True)),
-       label=st.one_of(st.none(), st.none(), st.none(), st.sampled_from(COLUMNS + ["missing"])),
-       delimiter=st.sampled_from([None, None, ","]), problem=st.sampled_from([None, None, "regression"]))
+@given(
+    df=tables(),
+    suffix=st.sampled_from(FORMATS),
+    mutation=MUTATION,
+    texts=st.one_of(
+        st.none(),
+        st.none(),
+        st.none(),
+        st.lists(st.sampled_from(COLUMNS + ["missing"]), min_size=1, max_size=2, unique=True),
+    ),
+    label=st.one_of(st.none(), st.none(), st.none(), st.sampled_from(COLUMNS + ["missing"])),
+    delimiter=st.sampled_from([None, None, ","]),
+    problem=st.sampled_from([None, None, "regression"]),
+)
 def test_fuzzed_tables_load_or_raise_one_line(df, suffix, mutation, texts, label, delimiter, problem) -> None:
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / f"train{suffix}"
@@ -135,8 +161,10 @@ def test_the_fuzzer_reaches_the_loader() -> None:
     if total == 0:
         pytest.skip("the fuzz test did not run (deselected)")
     share = seen["loaded"] / total
-    print(f"fuzz: {seen['loaded']} of {total} tables loaded ({share:.0%}), the rest refused in one line; most "
-          f"common refusals: {reasons.most_common(8)}")
+    print(
+        f"fuzz: {seen['loaded']} of {total} tables loaded ({share:.0%}), the rest refused in one line; most "
+        f"common refusals: {reasons.most_common(8)}"
+    )
     assert share > 0.15  # before this test: 0.15% of the old fuzzer's inputs got past the format check
 
 
@@ -144,17 +172,29 @@ GLUE_HEADER = "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String"
 
 
 @SETTINGS
-@given(rows=st.lists(st.tuples(st.sampled_from(["0", "1", "2", "", "x", "1.0"]), st.text(max_size=6),
-                               st.text(max_size=6), st.sampled_from([0, 1, 2])), min_size=0, max_size=5),
-       header=st.sampled_from([GLUE_HEADER, "", "Quality\tString"]), bom=st.booleans())
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.sampled_from(["0", "1", "2", "", "x", "1.0"]),
+            st.text(max_size=6),
+            st.text(max_size=6),
+            st.sampled_from([0, 1, 2]),
+        ),
+        min_size=0,
+        max_size=5,
+    ),
+    header=st.sampled_from([GLUE_HEADER, "", "Quality\tString"]),
+    bom=st.booleans(),
+)
 def test_fuzzed_glue_directories_load_or_raise_one_line(rows, header, bom) -> None:
     with tempfile.TemporaryDirectory() as d:
         lines = [header] if header else []
         for label, a, b, extra in rows:
             fields = [label, "1", "2", a.replace("\t", " ").replace("\n", " "), b.replace("\t", " ").replace("\n", " ")]
             lines.append("\t".join(fields[: 5 - (extra == 2)] + ["x"] * (extra == 1)))
-        (Path(d) / "train.tsv").write_bytes((b"\xef\xbb\xbf" if bom else b"") + "\n".join(lines).encode("utf-8",
-                                                                                                         "surrogatepass"))
+        (Path(d) / "train.tsv").write_bytes(
+            (b"\xef\xbb\xbf" if bom else b"") + "\n".join(lines).encode("utf-8", "surrogatepass")
+        )
         try:
             dsd, info = load_glue("mrpc", d)
         except LeantuneError as e:
@@ -175,8 +215,18 @@ def test_fuzzed_files_through_the_cli(tiny_bert, tmp_path_factory, df, suffix, m
 
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
-        code = main(["evaluate", "--model", tiny_bert, "--validation-file", str(path), "--quiet",
-                     "--output-dir", str(d / "out")])
+        code = main(
+            [
+                "evaluate",
+                "--model",
+                tiny_bert,
+                "--validation-file",
+                str(path),
+                "--quiet",
+                "--output-dir",
+                str(d / "out"),
+            ]
+        )
     lines = [line for line in err.getvalue().splitlines() if line.startswith("leantune: error")]
     assert code in (0, 2) and "Traceback" not in err.getvalue()
     assert (code == 0) == (not lines) and len(lines) <= 1

@@ -14,8 +14,9 @@ def _no_dropout_model(model_dir: str):
     from transformers import AutoModelForSequenceClassification
 
     torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2, hidden_dropout_prob=0.0,
-                                                               attention_probs_dropout_prob=0.0)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        model_dir, num_labels=2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
+    )
     return model.cuda().train()
 
 
@@ -23,10 +24,14 @@ def _batch(rows: int, length: int, seed: int) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(1000, 2000, (rows, length), generator=g)
     mask = torch.ones(rows, length, dtype=torch.long)
-    mask[0, length // 2:] = 0  # one row shorter than the batch
+    mask[0, length // 2 :] = 0  # one row shorter than the batch
     ids[mask == 0] = 0
-    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids),
-            "labels": torch.randint(0, 2, (rows,), generator=g)}
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "token_type_ids": torch.zeros_like(ids),
+        "labels": torch.randint(0, 2, (rows,), generator=g),
+    }
 
 
 def _eager_grads(model, batch) -> list[torch.Tensor]:
@@ -70,8 +75,14 @@ def test_trainer_with_graphs_trains_like_the_eager_trainer(tiny_bert, tmp_path):
     from test_trainer import _trainer
 
     def final_params(graphs: bool):
-        trainer, _ = _trainer(tiny_bert, tmp_path / str(graphs), num_train_epochs=2, eval_strategy="epoch",
-                              cuda_graphs=graphs, pad_to_multiple_of=16)
+        trainer, _ = _trainer(
+            tiny_bert,
+            tmp_path / str(graphs),
+            num_train_epochs=2,
+            eval_strategy="epoch",
+            cuda_graphs=graphs,
+            pad_to_multiple_of=16,
+        )
         for m in trainer.model.modules():  # dropout off: both runs then do the same maths
             if isinstance(m, torch.nn.Dropout):
                 m.p = 0.0

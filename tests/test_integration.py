@@ -9,8 +9,21 @@ from test_cli import run
 
 def test_minilm_on_an_mrpc_slice_train_predict_roundtrip(mrpc_dir, tmp_path):
     out = tmp_path / "minilm"
-    r = run("train", "--task", "mrpc", "--data-dir", str(mrpc_dir), "--output-dir", str(out),
-            "--max-train-samples", "480", "--epochs", "1", "--max-eval-samples", "200")
+    r = run(
+        "train",
+        "--task",
+        "mrpc",
+        "--data-dir",
+        str(mrpc_dir),
+        "--output-dir",
+        str(out),
+        "--max-train-samples",
+        "480",
+        "--epochs",
+        "1",
+        "--max-eval-samples",
+        "200",
+    )
     assert r.returncode == 0, r.stderr
     assert "weights of" in r.stderr and "are new (the classification head" in r.stderr
     metrics = json.loads((out / "metrics.json").read_text())
@@ -20,14 +33,36 @@ def test_minilm_on_an_mrpc_slice_train_predict_roundtrip(mrpc_dir, tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert config["id2label"] == {"0": "not_equivalent", "1": "equivalent"}
 
-    p = run("predict", "--model", str(out), "--task", "mrpc", "--data-dir", str(mrpc_dir), "--split", "validation",
-            "--max-eval-samples", "200", "--output-dir", str(tmp_path / "pv"))
+    p = run(
+        "predict",
+        "--model",
+        str(out),
+        "--task",
+        "mrpc",
+        "--data-dir",
+        str(mrpc_dir),
+        "--split",
+        "validation",
+        "--max-eval-samples",
+        "200",
+        "--output-dir",
+        str(tmp_path / "pv"),
+    )
     assert p.returncode == 0, p.stderr
     predicted = json.loads((tmp_path / "pv" / "predict_metrics.json").read_text())
     assert abs(predicted["test_accuracy"] - last["eval_accuracy"]) < 1e-9
 
-    t = run("predict", "--model", str(out), "--task", "mrpc", "--data-dir", str(mrpc_dir), "--output-dir",
-            str(tmp_path / "pt"))
+    t = run(
+        "predict",
+        "--model",
+        str(out),
+        "--task",
+        "mrpc",
+        "--data-dir",
+        str(mrpc_dir),
+        "--output-dir",
+        str(tmp_path / "pt"),
+    )
     assert t.returncode == 0, t.stderr
     lines = (tmp_path / "pt" / "predictions.tsv").read_text().splitlines()
     assert len(lines) == 1 + 1725 and lines[1].split("\t")[1] in ("equivalent", "not_equivalent")

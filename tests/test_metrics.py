@@ -24,13 +24,16 @@ def test_cola_matthews_by_hand():
     tp, tn, fp, fn = 2, 2, 1, 1
     mcc = (tp * tn - fp * fn) / math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
     assert load_metric("glue", "cola").compute(predictions=preds, references=refs) == {
-        "matthews_correlation": pytest.approx(mcc)}
+        "matthews_correlation": pytest.approx(mcc)
+    }
 
 
 def test_stsb_pearson_spearman_by_hand():
     preds, refs = [1.0, 2.0, 3.0, 4.0], [1.0, 3.0, 2.0, 5.0]
     p, r = np.array(preds), np.array(refs)
-    pearson = ((p - p.mean()) * (r - r.mean())).sum() / math.sqrt(((p - p.mean()) ** 2).sum() * ((r - r.mean()) ** 2).sum())
+    pearson = ((p - p.mean()) * (r - r.mean())).sum() / math.sqrt(
+        ((p - p.mean()) ** 2).sum() * ((r - r.mean()) ** 2).sum()
+    )
     # ranks: preds 1,2,3,4; refs 1,3,2,4 -> d^2 = 0+1+1+0 = 2 -> 1 - 6*2/(4*15)
     spearman = 1 - 6 * 2 / (4 * (16 - 1))
     out = load_metric("glue", "stsb").compute(predictions=preds, references=refs)
@@ -52,8 +55,9 @@ def test_qqp_has_f1_and_combined_score_in_compute_metrics():
 
 
 def test_regression_and_multiclass_builders_for_own_data():
-    reg = build_compute_metrics(None, 1, is_regression=True)(EvalPrediction(np.array([[1.0], [2.0], [3.0]]),
-                                                                             np.array([1.0, 2.0, 4.0])))
+    reg = build_compute_metrics(None, 1, is_regression=True)(
+        EvalPrediction(np.array([[1.0], [2.0], [3.0]]), np.array([1.0, 2.0, 4.0]))
+    )
     assert reg["mse"] == pytest.approx(1 / 3)
     multi = build_compute_metrics(None, 3)(EvalPrediction(np.eye(3), np.array([0, 1, 1])))
     assert set(multi) == {"accuracy", "macro_f1", "combined_score"} and multi["accuracy"] == pytest.approx(2 / 3)

@@ -17,9 +17,11 @@ from leantune.speed.packing import PackedCollator, packed_attention, packed_batc
 
 
 def _rows() -> list[dict]:
-    return [{"input_ids": [101, 5, 6, 102], "token_type_ids": [0, 0, 0, 0], "label": 1},
-            {"input_ids": [101, 7, 102, 8, 9, 102], "token_type_ids": [0, 0, 0, 1, 1, 1], "label": 0},
-            {"input_ids": [101, 102], "token_type_ids": [0, 0], "label": 1}]
+    return [
+        {"input_ids": [101, 5, 6, 102], "token_type_ids": [0, 0, 0, 0], "label": 1},
+        {"input_ids": [101, 7, 102, 8, 9, 102], "token_type_ids": [0, 0, 0, 1, 1, 1], "label": 0},
+        {"input_ids": [101, 102], "token_type_ids": [0, 0], "label": 1},
+    ]
 
 
 def test_collator_lays_the_sequences_end_to_end() -> None:
@@ -47,8 +49,11 @@ def _attention_both_ways(mask: torch.Tensor | None) -> tuple[torch.Tensor, torch
     outs = []
     for s, e in zip(cu[:-1].tolist(), cu[1:].tolist()):
         block = None if mask is None else mask[s:e, s:e]
-        outs.append(torch.nn.functional.scaled_dot_product_attention(q[:, :, s:e], k[:, :, s:e], v[:, :, s:e],
-                                                                      attn_mask=block).transpose(1, 2))
+        outs.append(
+            torch.nn.functional.scaled_dot_product_attention(
+                q[:, :, s:e], k[:, :, s:e], v[:, :, s:e], attn_mask=block
+            ).transpose(1, 2)
+        )
     alone = torch.cat(outs, dim=1)
     alone_grads = torch.autograd.grad((alone * projection).sum(), (q, k, v))
     return packed, alone, projection, list(zip(packed_grads, alone_grads))
@@ -71,7 +76,7 @@ def test_packed_attention_equals_attention_within_each_sequence(window: int | No
 def test_packed_attention_in_training_applies_the_dropout_to_each_sequences_probabilities() -> None:
     # the training path (scores, mask, softmax, then the caller's dropout): with a "dropout" that doubles the
     # probabilities, the output is twice attention within each sequence
-    packed, alone, _, _ = _attention_both_ways(None)
+    _, alone, _, _ = _attention_both_ways(None)
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 2, 10, 4, generator=g, requires_grad=True) for _ in range(3))
     cu = torch.tensor([0, 3, 8, 10], dtype=torch.int32)
@@ -88,8 +93,15 @@ def test_packed_attention_in_training_applies_the_dropout_to_each_sequences_prob
 
 def _tiny(attn: str = "sdpa", **config) -> BertForSequenceClassification:
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=120, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=32, max_position_embeddings=64, **config)
+    cfg = BertConfig(
+        vocab_size=120,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+        **config,
+    )
     cfg._attn_implementation = attn
     return BertForSequenceClassification(cfg)
 
@@ -98,9 +110,17 @@ def test_proof_refuses_what_it_cannot_prove() -> None:
     from transformers import ModernBertConfig, ModernBertForSequenceClassification
 
     assert packing.why_not(_tiny()) is None
-    modern = ModernBertForSequenceClassification(ModernBertConfig(
-        vocab_size=120, hidden_size=16, num_hidden_layers=3, num_attention_heads=2, intermediate_size=32,
-        pad_token_id=0, classifier_pooling="cls"))
+    modern = ModernBertForSequenceClassification(
+        ModernBertConfig(
+            vocab_size=120,
+            hidden_size=16,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            intermediate_size=32,
+            pad_token_id=0,
+            classifier_pooling="cls",
+        )
+    )
     assert "sliding-window" in packing.why_not(modern)
     assert "SDPA only" in packing.why_not(_tiny("eager"))
     assert "hidden states" in packing.why_not(_tiny(output_hidden_states=True))
@@ -133,10 +153,20 @@ def toy_train(tiny_bert: str) -> tuple[Dataset, AutoTokenizer]:
 
 def _train(tiny_bert: str, toy_train, tmp_path, **kw) -> Trainer:
     ds, tok = toy_train
-    args = TrainingArguments(str(tmp_path), num_train_epochs=1, per_device_train_batch_size=4, use_cpu=True,
-                             disable_tqdm=True, eval_strategy="no", save_strategy="no", seed=0, **kw)
-    trainer = Trainer(AutoModelForSequenceClassification.from_pretrained(tiny_bert), args, train_dataset=ds,
-                      processing_class=tok)
+    args = TrainingArguments(
+        str(tmp_path),
+        num_train_epochs=1,
+        per_device_train_batch_size=4,
+        use_cpu=True,
+        disable_tqdm=True,
+        eval_strategy="no",
+        save_strategy="no",
+        seed=0,
+        **kw,
+    )
+    trainer = Trainer(
+        AutoModelForSequenceClassification.from_pretrained(tiny_bert), args, train_dataset=ds, processing_class=tok
+    )
     trainer.train()
     return trainer
 
@@ -161,38 +191,58 @@ class AddsAKey(DataCollatorWithPadding):
 
 
 def test_rows_padded_in_the_dataset_are_trimmed_and_left_padding_is_refused() -> None:
-    right = Dataset.from_list([{"input_ids": [101, 5, 102, 0, 0], "attention_mask": [1, 1, 1, 0, 0], "label": 0},
-                               {"input_ids": [101, 6, 7, 102, 0], "attention_mask": [1, 1, 1, 1, 0], "label": 1}])
+    right = Dataset.from_list(
+        [
+            {"input_ids": [101, 5, 102, 0, 0], "attention_mask": [1, 1, 1, 0, 0], "label": 0},
+            {"input_ids": [101, 6, 7, 102, 0], "attention_mask": [1, 1, 1, 1, 0], "label": 1},
+        ]
+    )
     assert packing.padding_problem(right) is None
     batch = PackedCollator()(list(right))
-    assert batch["input_ids"].tolist() == [[101, 5, 102, 101, 6, 7, 102]] and batch["cu_seq_lens_q"].tolist() == [0, 3, 7]
-    left = Dataset.from_list([{"input_ids": [101, 5], "attention_mask": [1, 1], "label": 0},
-                              {"input_ids": [0, 101, 6], "attention_mask": [0, 1, 1], "label": 1}])
+    assert batch["input_ids"].tolist() == [[101, 5, 102, 101, 6, 7, 102]] and batch["cu_seq_lens_q"].tolist() == [
+        0,
+        3,
+        7,
+    ]
+    left = Dataset.from_list(
+        [
+            {"input_ids": [101, 5], "attention_mask": [1, 1], "label": 0},
+            {"input_ids": [0, 101, 6], "attention_mask": [0, 1, 1], "label": 1},
+        ]
+    )
     assert "training row 1 has padding before its end" in packing.padding_problem(left)
 
 
 def test_a_left_padding_tokenizer_keeps_padded_batches(tiny_bert: str, toy_train, tmp_path) -> None:
-    ds, _ = toy_train
+    ds = toy_train[0]
     tok = AutoTokenizer.from_pretrained(tiny_bert, padding_side="left")
     args = TrainingArguments(str(tmp_path), max_steps=1, use_cpu=True, disable_tqdm=True, eval_strategy="no")
-    trainer = Trainer(AutoModelForSequenceClassification.from_pretrained(tiny_bert), args, train_dataset=ds,
-                      processing_class=tok)
+    trainer = Trainer(
+        AutoModelForSequenceClassification.from_pretrained(tiny_bert), args, train_dataset=ds, processing_class=tok
+    )
     trainer.train()
     assert not trainer.speed["packed_batches"].applied
 
 
-@pytest.mark.parametrize("collator, packed", [
-    ("leantune", True),  # the course passes DataCollatorWithPadding(tokenizer): plain padding, packed instead
-    ("transformers", True),
-    ("left", False),  # left padding: position 0 is padding, not [CLS]
-    ("subclass", False),  # a collator of the user's own: its batches as they are
-])
-def test_a_given_collator_is_packed_only_when_it_pads_plainly(tiny_bert: str, toy_train, tmp_path, collator: str,
-                                                              packed: bool) -> None:
+@pytest.mark.parametrize(
+    "collator, packed",
+    [
+        ("leantune", True),  # the course passes DataCollatorWithPadding(tokenizer): plain padding, packed instead
+        ("transformers", True),
+        ("left", False),  # left padding: position 0 is padding, not [CLS]
+        ("subclass", False),  # a collator of the user's own: its batches as they are
+    ],
+)
+def test_a_given_collator_is_packed_only_when_it_pads_plainly(
+    tiny_bert: str, toy_train, tmp_path, collator: str, packed: bool
+) -> None:
     import transformers
 
-    ds, tok = toy_train
-    made = {"leantune": lambda: DataCollatorWithPadding(tok), "transformers": lambda: transformers.DataCollatorWithPadding(tok),
-            "left": lambda: DataCollatorWithPadding(AutoTokenizer.from_pretrained(tok.name_or_path, padding_side="left")),
-            "subclass": lambda: AddsAKey(tok)}[collator]()
+    tok = toy_train[1]
+    made = {
+        "leantune": lambda: DataCollatorWithPadding(tok),
+        "transformers": lambda: transformers.DataCollatorWithPadding(tok),
+        "left": lambda: DataCollatorWithPadding(AutoTokenizer.from_pretrained(tok.name_or_path, padding_side="left")),
+        "subclass": lambda: AddsAKey(tok),
+    }[collator]()
     assert packing.replaces(made) == packed

@@ -33,8 +33,10 @@ def test_each_kind_decides_head_loss_prediction_and_metrics() -> None:
     logits = np.array([[2.0, -1.0, 0.5], [-3.0, 0.1, 4.0]], dtype=np.float32)
     single, multi, reg = ProblemType.single_label("abc"), ProblemType.multi_label("abc"), ProblemType.regression()
     assert single.model_kwargs()["problem_type"] == "single_label_classification"
-    assert multi.model_kwargs()["num_labels"] == 3 and reg.model_kwargs() == {"num_labels": 1,
-                                                                                "problem_type": "regression"}
+    assert multi.model_kwargs()["num_labels"] == 3 and reg.model_kwargs() == {
+        "num_labels": 1,
+        "problem_type": "regression",
+    }
     assert single.predict(logits).tolist() == [0, 2]
     assert multi.predict(logits).tolist() == [[1, 0, 1], [0, 1, 1]]  # sigmoid > 0.5 <=> logit > 0
     assert reg.predict(logits[:, :1]).tolist() == [2.0, -3.0]
@@ -79,12 +81,15 @@ def test_correlations_are_nan_where_undefined_not_a_traceback() -> None:
 # ---------------------------------------------------------------- labels from files
 
 
-@pytest.mark.parametrize("labels, names, ids", [
-    ([1, 5, 3, 5], ("1", "3", "5"), [0, 2, 1, 2]),  # integers are names unless they are exactly 0..K-1
-    ([-1, 0, 1], ("-1", "0", "1"), [0, 1, 2]),  # sentiment -1/0/1: three classes
-    ([0, 2, 1, 2], ("0", "1", "2"), [0, 2, 1, 2]),  # 0..K-1: ids as they are
-    (["pos", "neg", "pos"], ("neg", "pos"), [1, 0, 1]),
-])
+@pytest.mark.parametrize(
+    "labels, names, ids",
+    [
+        ([1, 5, 3, 5], ("1", "3", "5"), [0, 2, 1, 2]),  # integers are names unless they are exactly 0..K-1
+        ([-1, 0, 1], ("-1", "0", "1"), [0, 1, 2]),  # sentiment -1/0/1: three classes
+        ([0, 2, 1, 2], ("0", "1", "2"), [0, 2, 1, 2]),  # 0..K-1: ids as they are
+        (["pos", "neg", "pos"], ("neg", "pos"), [1, 0, 1]),
+    ],
+)
 def test_integer_labels_are_class_names_unless_they_are_ids(tmp_path, labels, names, ids) -> None:
     rows = [{"text": f"t{i}", "label": v} for i, v in enumerate(labels)]
     dsd, info = load_files({"train": write_csv(tmp_path / "t.csv", rows)})
@@ -105,18 +110,26 @@ def test_integer_targets_of_a_regression(tmp_path) -> None:
 
 
 def test_multi_label_from_a_delimiter_lists_and_a_headerless_file(tmp_path) -> None:
-    csv = _file(tmp_path, "t.csv", "text,label\na,\"joy,love\"\nb,anger\nc,love\n")
+    csv = _file(tmp_path, "t.csv", 'text,label\na,"joy,love"\nb,anger\nc,love\n')
     dsd, info = load_files({"train": csv}, label_delimiter=",")
     assert info.problem == ProblemType.multi_label(("anger", "joy", "love"))
     assert dsd["train"]["label"] == [[0.0, 1.0, 1.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]
-    jsonl = _file(tmp_path, "t.jsonl", '{"text": "a", "label": ["x", "y"]}\n{"text": "b", "label": []}\n'
-                                       '{"text": "c", "label": ["y"]}\n')
+    jsonl = _file(
+        tmp_path,
+        "t.jsonl",
+        '{"text": "a", "label": ["x", "y"]}\n{"text": "b", "label": []}\n{"text": "c", "label": ["y"]}\n',
+    )
     dsd, info = load_files({"train": jsonl})
     assert info.problem.is_multi_label and dsd["train"]["label"] == [[1.0, 1.0], [0.0, 0.0], [0.0, 1.0]]
     # GoEmotions as shipped: text, label ids joined by ",", comment id; no header; a label-names file
     tsv = _file(tmp_path, "g.tsv", "so happy\t1,2\tid1\nugh\t0\tid2\nok\t2\tid3\n")
-    dsd, info = load_files({"train": tsv}, label_column="labels", label_delimiter=",",
-                           column_names=["text", "labels", "id"], label_names=("anger", "joy", "neutral"))
+    dsd, info = load_files(
+        {"train": tsv},
+        label_column="labels",
+        label_delimiter=",",
+        column_names=["text", "labels", "id"],
+        label_names=("anger", "joy", "neutral"),
+    )
     assert info.text_columns == ("text",) and info.problem.label_names == ("anger", "joy", "neutral")
     assert dsd["train"]["label"][0] == [0.0, 1.0, 1.0]
 
@@ -124,8 +137,27 @@ def test_multi_label_from_a_delimiter_lists_and_a_headerless_file(tmp_path) -> N
 def test_save_steps_alone_saves_checkpoints(tiny_bert, tmp_path) -> None:
     train = write_csv(tmp_path / "train.csv", toy_rows(16))
     out = tmp_path / "out"
-    assert main(["train", "--model", tiny_bert, "--train-file", str(train), "--output-dir", str(out), "--quiet",
-                 "--eval-strategy", "no", "--max-steps", "4", "--save-steps", "2"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                tiny_bert,
+                "--train-file",
+                str(train),
+                "--output-dir",
+                str(out),
+                "--quiet",
+                "--eval-strategy",
+                "no",
+                "--max-steps",
+                "4",
+                "--save-steps",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
 
 
@@ -133,8 +165,25 @@ def test_regression_with_one_evaluation_example_ends_with_nan_correlations(tiny_
     train = write_csv(tmp_path / "train.csv", [{"text": f"t {i}", "label": i + 0.5} for i in range(8)])
     dev = write_csv(tmp_path / "dev.csv", [{"text": "t", "label": 1.5}])
     out = tmp_path / "out"
-    assert main(["train", "--model", tiny_bert, "--train-file", str(train), "--validation-file", str(dev),
-                 "--output-dir", str(out), "--quiet", "--max-steps", "2"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                tiny_bert,
+                "--train-file",
+                str(train),
+                "--validation-file",
+                str(dev),
+                "--output-dir",
+                str(out),
+                "--quiet",
+                "--max-steps",
+                "2",
+            ]
+        )
+        == 0
+    )
     last = json.loads((out / "metrics.json").read_text())["evaluations"][-1]
     assert math.isnan(last["eval_pearson"]) and math.isnan(last["eval_combined_score"])
     assert last["eval_mse"] == pytest.approx(last["eval_loss"])
@@ -153,11 +202,39 @@ def test_multi_label_end_to_end_train_evaluate_predict_report(tiny_bert, tmp_pat
         (tmp_path / name).write_text("\n".join(lines) + "\n")
         return str(tmp_path / name)
 
-    flags = ["--column-names", "text", "labels", "id", "--label-column", "labels", "--label-delimiter", ",",
-             "--label-names", str(tmp_path / "labels.txt"), "--quiet"]
+    flags = [
+        "--column-names",
+        "text",
+        "labels",
+        "id",
+        "--label-column",
+        "labels",
+        "--label-delimiter",
+        ",",
+        "--label-names",
+        str(tmp_path / "labels.txt"),
+        "--quiet",
+    ]
     out = tmp_path / "run"
-    assert main(["train", "--model", tiny_bert, "--train-file", write("train.tsv", 24), "--validation-file",
-                 write("dev.tsv", 12), "--output-dir", str(out), "--epochs", "2", *flags]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                tiny_bert,
+                "--train-file",
+                write("train.tsv", 24),
+                "--validation-file",
+                write("dev.tsv", 12),
+                "--output-dir",
+                str(out),
+                "--epochs",
+                "2",
+                *flags,
+            ]
+        )
+        == 0
+    )
     config = json.loads((out / "leantune_config.json").read_text())
     assert config["problem"] == {"problem_type": "multi_label_classification", "labels": names, "threshold": 0.5}
     evals = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines() if '"eval"' in x]
@@ -167,8 +244,10 @@ def test_multi_label_end_to_end_train_evaluate_predict_report(tiny_bert, tmp_pat
     assert isinstance(record["gold"], list) and set(record["gold"]) <= set(names)
 
     pred = tmp_path / "pred"
-    assert main(["predict", "--model", str(out), "--test-file", write("test.tsv", 6), "--output-dir", str(pred),
-                 *flags]) == 0
+    assert (
+        main(["predict", "--model", str(out), "--test-file", write("test.tsv", 6), "--output-dir", str(pred), *flags])
+        == 0
+    )
     rows = (pred / "predictions.tsv").read_text().splitlines()
     assert rows[0] == "index\tprediction" and len(rows) == 7
     assert all(set(filter(None, r.split("\t")[1].split(","))) <= set(names) for r in rows[1:])
@@ -179,16 +258,19 @@ def test_multi_label_end_to_end_train_evaluate_predict_report(tiny_bert, tmp_pat
 
 def test_ctrl_c_while_the_command_starts_is_one_line_and_exit_130(tmp_path) -> None:
     # a Ctrl-C while torch/transformers are imported: make the first import of transformers raise it
-    code = ("import builtins, sys\n"
-            "real = builtins.__import__\n"
-            "def imp(name, *a, **k):\n"
-            "    if name.startswith('transformers'):\n"
-            "        raise KeyboardInterrupt\n"
-            "    return real(name, *a, **k)\n"
-            "builtins.__import__ = imp\n"
-            "from leantune.cli import main\n"
-            "sys.exit(main(['train', '--output-dir', sys.argv[1]]))\n")
-    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "out")], capture_output=True, text=True,
-                          timeout=120)
+    code = (
+        "import builtins, sys\n"
+        "real = builtins.__import__\n"
+        "def imp(name, *a, **k):\n"
+        "    if name.startswith('transformers'):\n"
+        "        raise KeyboardInterrupt\n"
+        "    return real(name, *a, **k)\n"
+        "builtins.__import__ = imp\n"
+        "from leantune.cli import main\n"
+        "sys.exit(main(['train', '--output-dir', sys.argv[1]]))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "out")], capture_output=True, text=True, timeout=120, check=False
+    )
     assert proc.returncode == 130, proc.stderr
     assert proc.stderr.strip() == "leantune: interrupted"

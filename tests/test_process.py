@@ -62,11 +62,17 @@ def children(tiny_bert, tmp_path_factory) -> Callable[[str], tuple[dict, str]]:
 
     def run(mode: str) -> tuple[dict, str]:
         if mode not in seen:
-            done = subprocess.run([sys.executable, "-c", CHILD, mode, tiny_bert, str(tmp / mode)], check=False,
-                                  capture_output=True, text=True, env={**os.environ, "MKL_VERBOSE": "1"}, timeout=300)
+            done = subprocess.run(
+                [sys.executable, "-c", CHILD, mode, tiny_bert, str(tmp / mode)],
+                check=False,
+                capture_output=True,
+                text=True,
+                env={**os.environ, "MKL_VERBOSE": "1"},
+                timeout=300,
+            )
             assert done.returncode == 0, done.stderr[-2000:]
             lines = done.stdout.splitlines()
-            result = json.loads(next(x for x in lines if x.startswith("RESULT"))[len("RESULT"):])
+            result = json.loads(next(x for x in lines if x.startswith("RESULT"))[len("RESULT") :])
             seen[mode] = result, next((x for x in lines if "oneMKL" in x or "Intel(R) MKL" in x), "")
         return seen[mode]
 

@@ -31,9 +31,25 @@ def toy_files(tmp_path_factory) -> tuple[Path, Path]:
 def trained(tiny_bert, toy_files, tmp_path_factory):
     """One short CLI run with TensorBoard on, its stderr captured through a pipe (not a terminal)."""
     out = tmp_path_factory.mktemp("report") / "run"
-    r = run("train", "--model", tiny_bert, "--train-file", str(toy_files[0]), "--validation-file",
-            str(toy_files[1]), "--output-dir", str(out), "--epochs", "2", "--lr", "1e-3", "--logging-steps", "2",
-            "--report-to", "tensorboard")
+    r = run(
+        "train",
+        "--model",
+        tiny_bert,
+        "--train-file",
+        str(toy_files[0]),
+        "--validation-file",
+        str(toy_files[1]),
+        "--output-dir",
+        str(out),
+        "--epochs",
+        "2",
+        "--lr",
+        "1e-3",
+        "--logging-steps",
+        "2",
+        "--report-to",
+        "tensorboard",
+    )
     assert r.returncode == 0, r.stderr
     return out, r.stderr
 
@@ -73,9 +89,13 @@ def test_tensorboard_events_hold_the_logged_values(trained):
     acc = EventAccumulator(str(out / "runs"))
     acc.Reload()
     log = _log(out)
-    for tag, kind, key in [("train/loss", "train", "loss"), ("train/learning_rate", "train", "learning_rate"),
-                           ("train/grad_norm", "train", "grad_norm"), ("eval/accuracy", "eval", "eval_accuracy"),
-                           ("eval/loss", "eval", "eval_loss")]:
+    for tag, kind, key in [
+        ("train/loss", "train", "loss"),
+        ("train/learning_rate", "train", "learning_rate"),
+        ("train/grad_norm", "train", "grad_norm"),
+        ("eval/accuracy", "eval", "eval_accuracy"),
+        ("eval/loss", "eval", "eval_loss"),
+    ]:
         events = acc.Scalars(tag)
         expected = [(r["step"], r[key]) for r in log if r["kind"] == kind]
         assert [e.step for e in events] == [s for s, _ in expected]
@@ -138,7 +158,8 @@ def test_report_command_rewrites_the_report_and_compares(trained, tmp_path, caps
 def test_report_on_a_directory_without_a_run_exits_2(tmp_path):
     r = run("report", str(tmp_path))
     assert r.returncode == 2 and r.stderr.strip() == (
-        f"leantune: error: {tmp_path}: no metrics.json, so not the --output-dir of a `leantune train` run")
+        f"leantune: error: {tmp_path}: no metrics.json, so not the --output-dir of a `leantune train` run"
+    )
     assert not (tmp_path / "report.html").exists()
     with pytest.raises(LeantuneError, match="no such directory"):
         write_report([tmp_path / "missing"])
@@ -169,8 +190,10 @@ def test_terminal_bars_show_loss_lr_and_samples_per_second(tiny_bert, toy_files,
 
     term = Terminal()
     monkeypatch.setattr(sys, "stderr", term)
-    train(DataArguments(model=tiny_bert, train_file=str(toy_files[0]), validation_file=str(toy_files[1])),
-          TrainingArguments(str(tmp_path / "run"), num_train_epochs=1, logging_steps=2))
+    train(
+        DataArguments(model=tiny_bert, train_file=str(toy_files[0]), validation_file=str(toy_files[1])),
+        TrainingArguments(str(tmp_path / "run"), num_train_epochs=1, logging_steps=2),
+    )
     screens = term.getvalue().split("\r")
     last_bar = [s for s in screens if s.startswith("epoch 1:")][-1]
     assert re.search(r"8/8 \[.*<00:00.*loss=[\d.]+, lr=[\d.e+-]+, samples/s=[\d.]+\]", last_bar), last_bar
@@ -188,26 +211,48 @@ def test_seeds_flag_parsing():
 def _fake_run(d: Path, evaluation: dict, preds: list[dict], labels: list[str]) -> Path:
     """A run directory as `leantune train` leaves it, without training (for the report's other branches)."""
     d.mkdir(parents=True)
-    (d / "metrics.json").write_text(json.dumps({"evaluations": [{"step": 4, "epoch": 1.0, **evaluation}],
-                                                "train": {"step": 4, "train_loss": 0.5, "train_runtime": 1.0}}))
+    (d / "metrics.json").write_text(
+        json.dumps(
+            {
+                "evaluations": [{"step": 4, "epoch": 1.0, **evaluation}],
+                "train": {"step": 4, "train_loss": 0.5, "train_runtime": 1.0},
+            }
+        )
+    )
     (d / "log.jsonl").write_text(json.dumps({"kind": "train", "step": 4, "loss": 0.5, "learning_rate": 1e-5}) + "\n")
-    (d / "leantune_config.json").write_text(json.dumps({"labels": labels, "text_columns": ["sentence"],
-                                                        "data": {"task": None}, "training": {}}))
+    (d / "leantune_config.json").write_text(
+        json.dumps({"labels": labels, "text_columns": ["sentence"], "data": {"task": None}, "training": {}})
+    )
     (d / "eval_predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in preds))
     return d
 
 
 def test_report_for_regression_and_three_labels(tmp_path):
-    reg = _fake_run(tmp_path / "reg", {"eval_pearson": 0.8, "eval_loss": 0.3},
-                    [{"idx": i, "texts": [f"s{i}"], "gold": float(i), "predicted": i * 0.5, "confidence": None}
-                     for i in range(6)], [])
+    reg = _fake_run(
+        tmp_path / "reg",
+        {"eval_pearson": 0.8, "eval_loss": 0.3},
+        [{"idx": i, "texts": [f"s{i}"], "gold": float(i), "predicted": i * 0.5, "confidence": None} for i in range(6)],
+        [],
+    )
     html = write_report([reg]).read_text()
     assert (reg / "predictions_scatter.png").exists() and not (reg / "confusion_matrix.png").exists()
     assert "Largest errors on the dev set" in html and html.index(">s5<") < html.index(">s4<")  # |5 - 2.5| first
     names = ["entailment", "neutral", "contradiction"]
-    cls = _fake_run(tmp_path / "cls", {"eval_accuracy": 0.5},
-                    [{"idx": i, "texts": [f"t{i}"], "gold": names[i % 3], "predicted": names[(i // 2) % 3],
-                      "confidence": 0.4 + i / 20} for i in range(6)], names)
+    cls = _fake_run(
+        tmp_path / "cls",
+        {"eval_accuracy": 0.5},
+        [
+            {
+                "idx": i,
+                "texts": [f"t{i}"],
+                "gold": names[i % 3],
+                "predicted": names[(i // 2) % 3],
+                "confidence": 0.4 + i / 20,
+            }
+            for i in range(6)
+        ],
+        names,
+    )
     html = write_report([cls]).read_text()
     with Image.open(cls / "confusion_matrix.png") as im:
         assert im.width >= 300

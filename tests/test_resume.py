@@ -43,13 +43,25 @@ def files(tmp_path_factory):
 
 
 def _argv(model: str, files: tuple[Path, Path], out: Path, *extra: str) -> list[str]:
-    return ["train", "--model", model, "--train-file", str(files[0]), "--validation-file", str(files[1]),
-            "--output-dir", str(out), *TRAIN_FLAGS, *extra]
+    return [
+        "train",
+        "--model",
+        model,
+        "--train-file",
+        str(files[0]),
+        "--validation-file",
+        str(files[1]),
+        "--output-dir",
+        str(out),
+        *TRAIN_FLAGS,
+        *extra,
+    ]
 
 
 def _popen(argv: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "leantune", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "leantune", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 @pytest.fixture(scope="module")
@@ -115,8 +127,13 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tiny_bert, files, refere
     newest = checkpoint_dirs(out)[-1]
     weights = newest / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
-    r = subprocess.run([sys.executable, "-m", "leantune", *_argv(tiny_bert, files, out, *flags, "--resume")],
-                       capture_output=True, text=True, timeout=300, check=False)
+    r = subprocess.run(
+        [sys.executable, "-m", "leantune", *_argv(tiny_bert, files, out, *flags, "--resume")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert r.returncode == 0, r.stderr
     notes = [line for line in r.stderr.splitlines() if "not usable" in line]
     assert len(notes) == 1 and newest.name in notes[0] and "model.safetensors is truncated" in notes[0], r.stderr
@@ -127,8 +144,9 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tiny_bert, files, refere
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_signal_saves_at_a_step_boundary_exits_cleanly_and_resumes_exactly(sig, tiny_bert, files, reference,
-                                                                           tmp_path, capsys):
+def test_signal_saves_at_a_step_boundary_exits_cleanly_and_resumes_exactly(
+    sig, tiny_bert, files, reference, tmp_path, capsys
+):
     out = tmp_path / "run"
 
     def interrupt() -> None:  # a real signal to this process once training is under way
@@ -140,8 +158,10 @@ def test_signal_saves_at_a_step_boundary_exits_cleanly_and_resumes_exactly(sig, 
     assert code == 128 + sig  # 143 for SIGTERM, 130 for SIGINT
     last = capsys.readouterr().err.strip().splitlines()[-1]
     ckpt = checkpoint_dirs(out)[-1]
-    assert last == (f"leantune: stopped by {signal.Signals(sig).name} at step {ckpt.name.split('-')[1]}; "
-                    f"checkpoint saved in {ckpt} (continue with --resume)")
+    assert last == (
+        f"leantune: stopped by {signal.Signals(sig).name} at step {ckpt.name.split('-')[1]}; "
+        f"checkpoint saved in {ckpt} (continue with --resume)"
+    )
     assert verify_checkpoint(ckpt) is None and not (out / "model.safetensors").exists()
     assert signal.getsignal(sig) in (signal.default_int_handler, signal.SIG_DFL)  # handlers given back
     if sig == signal.SIGTERM:
@@ -160,8 +180,17 @@ def test_resume_into_another_directory_from_an_epoch_end(tiny_bert, files, refer
 
 
 def test_plain_shuffling_with_accumulation_resumes_exactly_too(tiny_bert, files, tmp_path):
-    flags = ["--epochs", "2", "--no-group-by-length", "--gradient-accumulation-steps", "2", "--eval-strategy", "steps",
-             "--eval-steps", "4"]
+    flags = [
+        "--epochs",
+        "2",
+        "--no-group-by-length",
+        "--gradient-accumulation-steps",
+        "2",
+        "--eval-strategy",
+        "steps",
+        "--eval-steps",
+        "4",
+    ]
     first = tmp_path / "first"
     assert main(_argv(tiny_bert, files, first, *flags, "--save-strategy", "steps", "--save-steps", "5")) == 0
     again = tmp_path / "again"  # checkpoint-5: 10 of the first epoch's 12 batches done
@@ -190,13 +219,19 @@ def test_a_failed_save_leaves_the_previous_checkpoint_and_no_debris(tmp_path):
     assert resolve_checkpoint(True, tmp_path, print) == tmp_path / "checkpoint-3"
 
 
-@pytest.mark.parametrize("damage, problem", [
-    (lambda d: (d / "manifest.json").unlink(), "no manifest.json: its save did not finish"),
-    (lambda d: (d / "optimizer.pt").unlink(), "optimizer.pt is missing"),
-    (lambda d: (d / "scheduler.pt").write_bytes(b"x"), "scheduler.pt is truncated or changed (1 bytes, 64 expected)"),
-    (lambda d: (d / "trainer_state.pt").write_bytes(bytes(64)), "trainer_state.pt does not match its checksum"),
-    (lambda d: (d / "manifest.json").write_text("{"), "manifest.json is unreadable"),
-])
+@pytest.mark.parametrize(
+    "damage, problem",
+    [
+        (lambda d: (d / "manifest.json").unlink(), "no manifest.json: its save did not finish"),
+        (lambda d: (d / "optimizer.pt").unlink(), "optimizer.pt is missing"),
+        (
+            lambda d: (d / "scheduler.pt").write_bytes(b"x"),
+            "scheduler.pt is truncated or changed (1 bytes, 64 expected)",
+        ),
+        (lambda d: (d / "trainer_state.pt").write_bytes(bytes(64)), "trainer_state.pt does not match its checksum"),
+        (lambda d: (d / "manifest.json").write_text("{"), "manifest.json is unreadable"),
+    ],
+)
 def test_damaged_checkpoints_are_detected_and_skipped(tmp_path, damage, problem):
     for step in (3, 6):
         write_checkpoint(tmp_path, step, _tiny_ckpt)
@@ -231,11 +266,23 @@ def _trainer(model_dir: str, out: Path, compute_metrics=None, **kw):
     raw = DatasetDict({"train": Dataset.from_list(toy_rows(48, 0)), "validation": Dataset.from_list(toy_rows(16, 1))})
     data = tokenize(raw, tok, ("sentence1", "sentence2"))
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2)
-    defaults = {"num_train_epochs": 2, "learning_rate": 1e-3, "per_device_train_batch_size": 8, "logging_steps": 2,
-                "seed": 0, "disable_tqdm": True}
+    defaults = {
+        "num_train_epochs": 2,
+        "learning_rate": 1e-3,
+        "per_device_train_batch_size": 8,
+        "logging_steps": 2,
+        "seed": 0,
+        "disable_tqdm": True,
+    }
     args = TrainingArguments(str(out), **{**defaults, **kw})
-    return Trainer(model, args, train_dataset=data["train"], eval_dataset=data["validation"], processing_class=tok,
-                   compute_metrics=compute_metrics or build_compute_metrics("mrpc"))
+    return Trainer(
+        model,
+        args,
+        train_dataset=data["train"],
+        eval_dataset=data["validation"],
+        processing_class=tok,
+        compute_metrics=compute_metrics or build_compute_metrics("mrpc"),
+    )
 
 
 def _poison(trainer, forward_number: int) -> None:
@@ -282,8 +329,17 @@ def test_best_model_is_kept_through_rotation_and_restored_and_early_stopping(tin
         return {"score": next(scores)}
 
     out = tmp_path / "out"
-    trainer = _trainer(tiny_bert, out, compute_metrics, num_train_epochs=6, save_strategy="epoch", save_total_limit=1,
-                       load_best_model_at_end=True, metric_for_best_model="score", early_stopping_patience=2)
+    trainer = _trainer(
+        tiny_bert,
+        out,
+        compute_metrics,
+        num_train_epochs=6,
+        save_strategy="epoch",
+        save_total_limit=1,
+        load_best_model_at_end=True,
+        metric_for_best_model="score",
+        early_stopping_patience=2,
+    )
     result = trainer.train()
     evals = [r for r in trainer.log_history if r["kind"] == "eval"]
     assert [r["eval_score"] for r in evals] == [0.5, 0.9, 0.7, 0.6]  # stopped after 2 evaluations without a best
@@ -299,8 +355,11 @@ def test_resume_refuses_a_different_data_order(tiny_bert, tmp_path):
     trainer = _trainer(tiny_bert, tmp_path / "out", save_strategy="steps", save_steps=3, max_steps=3)
     trainer.train()
     other = _trainer(tiny_bert, tmp_path / "out", per_device_train_batch_size=4)
-    with pytest.raises(LeantuneError, match=r"checkpoint-3: it was trained with --per-device-train-batch-size 8, "
-                                            r"now 4; resume with the same value"):
+    with pytest.raises(
+        LeantuneError,
+        match=r"checkpoint-3: it was trained with --per-device-train-batch-size 8, "
+        r"now 4; resume with the same value",
+    ):
         other.train(resume_from_checkpoint=True)
 
 
@@ -308,8 +367,12 @@ def test_a_fresh_overwrite_run_removes_the_old_checkpoints(tiny_bert, files, tmp
     out = tmp_path / "run"
     shutil.copytree(Path(tiny_bert), out / "checkpoint-999")  # a previous run's leftovers
     r = main(_argv(tiny_bert, files, out, "--max-steps", "2"))
-    assert r == 2 and "holds a previous run (checkpoint-999); pass --overwrite-output-dir to replace it (or " \
-                      "--resume to continue it)" in capsys.readouterr().err
+    assert (
+        r == 2
+        and "holds a previous run (checkpoint-999); pass --overwrite-output-dir to replace it (or "
+        "--resume to continue it)"
+        in capsys.readouterr().err
+    )
     assert main(_argv(tiny_bert, files, out, "--max-steps", "2", "--overwrite-output-dir")) == 0
     assert checkpoint_dirs(out) == [] and "removed 1 checkpoint(s)" in capsys.readouterr().err
 

@@ -18,16 +18,34 @@ from leantune.seeds import train_seeds
 def test_three_seeds_summary_matches_the_per_seed_runs(tiny_bert, tmp_path):
     train, val = write_csv(tmp_path / "train.csv", toy_rows(48, 0)), write_csv(tmp_path / "val.csv", toy_rows(24, 1))
     out = tmp_path / "ms"
-    r = run("train", "--model", tiny_bert, "--train-file", str(train), "--validation-file", str(val),
-            "--output-dir", str(out), "--epochs", "1", "--lr", "1e-3", "--logging-steps", "2", "--seeds", "1,2,3",
-            "--quiet")
+    r = run(
+        "train",
+        "--model",
+        tiny_bert,
+        "--train-file",
+        str(train),
+        "--validation-file",
+        str(val),
+        "--output-dir",
+        str(out),
+        "--epochs",
+        "1",
+        "--lr",
+        "1e-3",
+        "--logging-steps",
+        "2",
+        "--seeds",
+        "1,2,3",
+        "--quiet",
+    )
     assert r.returncode == 0, r.stderr
     assert "train: step=" not in r.stderr and r.stderr.count("eval: step=") == 3  # --quiet keeps eval lines
     summary = json.loads((out / "summary.json").read_text())
     assert summary["seeds"] == [1, 2, 3] and summary["main_metric"] == "eval_accuracy"
     last = {s: json.loads((out / f"seed-{s}" / "metrics.json").read_text())["evaluations"][-1] for s in (1, 2, 3)}
-    assert {s: json.loads((out / f"seed-{s}" / "leantune_config.json").read_text())["training"]["seed"]
-            for s in (1, 2, 3)} == {1: 1, 2: 2, 3: 3}
+    assert {
+        s: json.loads((out / f"seed-{s}" / "leantune_config.json").read_text())["training"]["seed"] for s in (1, 2, 3)
+    } == {1: 1, 2: 2, 3: 3}
     for key in ("eval_accuracy", "eval_f1", "eval_loss"):
         values = [last[s][key] for s in (1, 2, 3)]
         stats = summary["metrics"][key]
@@ -37,7 +55,9 @@ def test_three_seeds_summary_matches_the_per_seed_runs(tiny_bert, tmp_path):
     accs = [last[s]["eval_accuracy"] for s in (1, 2, 3)]
     best = 1 + accs.index(max(accs))  # ties: the first seed
     assert summary["best_seed"] == best
-    assert (out / "best" / "model.safetensors").read_bytes() == (out / f"seed-{best}" / "model.safetensors").read_bytes()
+    assert (out / "best" / "model.safetensors").read_bytes() == (
+        out / f"seed-{best}" / "model.safetensors"
+    ).read_bytes()
     assert json.loads((out / "best" / "metrics.json").read_text())["evaluations"][-1] == last[best]
 
     html = (out / "report.html").read_text()

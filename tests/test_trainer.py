@@ -18,18 +18,31 @@ from leantune.errors import LeantuneError
 
 def _data(model_dir, n_train=192, n_eval=101):
     tok = AutoTokenizer.from_pretrained(model_dir)
-    raw = DatasetDict({"train": Dataset.from_list(toy_rows(n_train, 0)), "validation": Dataset.from_list(toy_rows(n_eval, 1))})
+    raw = DatasetDict(
+        {"train": Dataset.from_list(toy_rows(n_train, 0)), "validation": Dataset.from_list(toy_rows(n_eval, 1))}
+    )
     return tok, tokenize(raw, tok, ("sentence1", "sentence2"))
 
 
 def _trainer(model_dir, tmp_path, **kw):
     tok, data = _data(model_dir)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2)
-    defaults = {"num_train_epochs": 10, "learning_rate": 3e-3, "per_device_train_batch_size": 16,
-                "logging_steps": 4, "seed": 0}
+    defaults = {
+        "num_train_epochs": 10,
+        "learning_rate": 3e-3,
+        "per_device_train_batch_size": 16,
+        "logging_steps": 4,
+        "seed": 0,
+    }
     args = TrainingArguments(str(tmp_path / "out"), **{**defaults, **kw})
-    return Trainer(model, args, train_dataset=data["train"], eval_dataset=data["validation"],
-                   processing_class=tok, compute_metrics=build_compute_metrics("mrpc")), data
+    return Trainer(
+        model,
+        args,
+        train_dataset=data["train"],
+        eval_dataset=data["validation"],
+        processing_class=tok,
+        compute_metrics=build_compute_metrics("mrpc"),
+    ), data
 
 
 @pytest.mark.parametrize("family", ["tiny_bert", "tiny_distilbert"])
@@ -57,8 +70,9 @@ def test_predict_keeps_the_dataset_order_whatever_the_batching(tiny_bert, tmp_pa
     np.testing.assert_array_equal(grouped.label_ids, np.array(data["validation"]["label"]))
     assert set(grouped.metrics) >= {"test_loss", "test_accuracy", "test_f1", "test_runtime", "test_samples_per_second"}
     # one row at a time gives the same logits: padding does not leak into the result
-    single = trainer.model(**{k: torch.tensor([v]) for k, v in data["validation"][7].items()
-                              if k in ("input_ids", "token_type_ids")}).logits
+    single = trainer.model(
+        **{k: torch.tensor([v]) for k, v in data["validation"][7].items() if k in ("input_ids", "token_type_ids")}
+    ).logits
     np.testing.assert_allclose(grouped.predictions[7], single[0].detach().numpy(), atol=1e-5)
 
 
@@ -71,8 +85,16 @@ def test_unlabelled_split_predicts_without_labels_or_metrics(tiny_bert, tmp_path
 
 def test_gradient_accumulation_matches_a_bigger_batch(tiny_bert, tmp_path):
     def params(**kw):
-        trainer, _ = _trainer(tiny_bert, tmp_path / str(kw), num_train_epochs=1, group_by_length=False,
-                              eval_strategy="no", max_grad_norm=0, optim="adamw_torch", **kw)
+        trainer, _ = _trainer(
+            tiny_bert,
+            tmp_path / str(kw),
+            num_train_epochs=1,
+            group_by_length=False,
+            eval_strategy="no",
+            max_grad_norm=0,
+            optim="adamw_torch",
+            **kw,
+        )
         # dropout off so the two runs see the same forward passes
         trainer.model.config.hidden_dropout_prob = 0.0
         for m in trainer.model.modules():
@@ -108,12 +130,15 @@ def test_saved_model_reloads_with_transformers(tiny_bert, tmp_path):
     assert (out / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask  # readable as other files are
 
 
-@pytest.mark.parametrize("kw, message", [
-    ({"per_device_train_batch_size": 0}, "--per-device-train-batch-size must be >= 1, got 0"),
-    ({"learning_rate": -1.0}, "--learning-rate must be >= 0, got -1.0"),
-    ({"eval_strategy": "sometimes"}, "--eval-strategy must be one of no, steps, epoch"),
-    ({"fp16": True, "bf16": True}, "--fp16 and --bf16 are exclusive"),
-])
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"per_device_train_batch_size": 0}, "--per-device-train-batch-size must be >= 1, got 0"),
+        ({"learning_rate": -1.0}, "--learning-rate must be >= 0, got -1.0"),
+        ({"eval_strategy": "sometimes"}, "--eval-strategy must be one of no, steps, epoch"),
+        ({"fp16": True, "bf16": True}, "--fp16 and --bf16 are exclusive"),
+    ],
+)
 def test_bad_arguments_name_the_flag(kw, message):
     with pytest.raises(LeantuneError, match=message):
         TrainingArguments("x", **kw)

@@ -39,16 +39,25 @@ TOLERANCE = 1e-5
 
 # Families whose tokenizer output carries no token_type_ids (no segment embedding, or only one segment).
 NO_TOKEN_TYPES = {"roberta", "xlm-roberta", "distilbert", "deberta-v2", "mpnet", "modernbert-cls", "modernbert-mean"}
-SAVED = ["bert", "roberta", "xlm-roberta", "electra", "albert", "distilbert", "deberta-v2", "mpnet",
-         "modernbert-cls", "modernbert-mean"]
+SAVED = [
+    "bert",
+    "roberta",
+    "xlm-roberta",
+    "electra",
+    "albert",
+    "distilbert",
+    "deberta-v2",
+    "mpnet",
+    "modernbert-cls",
+    "modernbert-mean",
+]
 # bert-meanpool: BERT with a mean-pooling pooler, rebuilt on top of the saved "bert" (custom modules are not saved).
 FAMILIES = [*SAVED, "bert-meanpool"]
 
 # MPNet and DeBERTa-v2 compute attention in their own code; ModernBERT has sliding-window layers; mean pooling
 # reads more than [CLS]
 NOT_PACKED = {"mpnet", "deberta-v2", "modernbert-cls", "modernbert-mean", "bert-meanpool"}
-SPEED_OFF = {"compact_embeddings": False, "cls_only_last_layer": False, "fast_dropout": False,
-             "packed_batches": False}
+SPEED_OFF = {"compact_embeddings": False, "cls_only_last_layer": False, "fast_dropout": False, "packed_batches": False}
 
 
 def _config(family: str, tok: Any) -> Any:
@@ -56,12 +65,26 @@ def _config(family: str, tok: Any) -> Any:
     import transformers as tf
 
     pad, vocab_size = tok.pad_token_id, tok.vocab_size
-    bert_like = {"vocab_size": vocab_size, "hidden_size": SIZE, "num_hidden_layers": LAYERS,
-                 "num_attention_heads": HEADS, "intermediate_size": FFN, "max_position_embeddings": MAX_LENGTH,
-                 "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "pad_token_id": pad}
+    bert_like = {
+        "vocab_size": vocab_size,
+        "hidden_size": SIZE,
+        "num_hidden_layers": LAYERS,
+        "num_attention_heads": HEADS,
+        "intermediate_size": FFN,
+        "max_position_embeddings": MAX_LENGTH,
+        "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0,
+        "pad_token_id": pad,
+    }
     # RoBERTa-style positions count from pad_token_id + 1: the table needs pad + 1 + MAX_LENGTH rows.
-    roberta_like = {**bert_like, "max_position_embeddings": pad + 2 + MAX_LENGTH, "type_vocab_size": 1,
-                    "bos_token_id": tok.cls_token_id, "eos_token_id": tok.sep_token_id, "classifier_dropout": 0.0}
+    roberta_like = {
+        **bert_like,
+        "max_position_embeddings": pad + 2 + MAX_LENGTH,
+        "type_vocab_size": 1,
+        "bos_token_id": tok.cls_token_id,
+        "eos_token_id": tok.sep_token_id,
+        "classifier_dropout": 0.0,
+    }
     if family == "bert":
         return tf.BertConfig(**bert_like, classifier_dropout=0.0)
     if family == "roberta":
@@ -74,9 +97,19 @@ def _config(family: str, tok: Any) -> Any:
     if family == "albert":
         return tf.AlbertConfig(**bert_like, embedding_size=16, classifier_dropout_prob=0.0)
     if family == "distilbert":
-        return tf.DistilBertConfig(vocab_size=vocab_size, dim=SIZE, n_layers=LAYERS, n_heads=HEADS, hidden_dim=FFN,
-                                   max_position_embeddings=MAX_LENGTH, dropout=0.0, attention_dropout=0.0,
-                                   seq_classif_dropout=0.0, qa_dropout=0.0, pad_token_id=pad)
+        return tf.DistilBertConfig(
+            vocab_size=vocab_size,
+            dim=SIZE,
+            n_layers=LAYERS,
+            n_heads=HEADS,
+            hidden_dim=FFN,
+            max_position_embeddings=MAX_LENGTH,
+            dropout=0.0,
+            attention_dropout=0.0,
+            seq_classif_dropout=0.0,
+            qa_dropout=0.0,
+            pad_token_id=pad,
+        )
     if family == "deberta-v2":
         # cls_dropout is read by the classifier (default: hidden_dropout_prob) though the config does not declare it
         return tf.DebertaV2Config(**bert_like, type_vocab_size=0, pooler_dropout=0.0, cls_dropout=0.0)
@@ -85,12 +118,24 @@ def _config(family: str, tok: Any) -> Any:
     if family in ("modernbert-cls", "modernbert-mean"):
         # local_attention 16: the sliding-window layer really slides on the toy sentences (up to ~40 tokens)
         return tf.ModernBertConfig(
-            vocab_size=vocab_size, hidden_size=SIZE, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-            intermediate_size=FFN, max_position_embeddings=MAX_LENGTH, local_attention=16,
-            pad_token_id=pad, cls_token_id=tok.cls_token_id, bos_token_id=tok.cls_token_id,
-            sep_token_id=tok.sep_token_id, eos_token_id=tok.sep_token_id,
-            attention_dropout=0.0, embedding_dropout=0.0, mlp_dropout=0.0, classifier_dropout=0.0,
-            classifier_pooling=family.removeprefix("modernbert-"))
+            vocab_size=vocab_size,
+            hidden_size=SIZE,
+            num_hidden_layers=LAYERS,
+            num_attention_heads=HEADS,
+            intermediate_size=FFN,
+            max_position_embeddings=MAX_LENGTH,
+            local_attention=16,
+            pad_token_id=pad,
+            cls_token_id=tok.cls_token_id,
+            bos_token_id=tok.cls_token_id,
+            sep_token_id=tok.sep_token_id,
+            eos_token_id=tok.sep_token_id,
+            attention_dropout=0.0,
+            embedding_dropout=0.0,
+            mlp_dropout=0.0,
+            classifier_dropout=0.0,
+            classifier_pooling=family.removeprefix("modernbert-"),
+        )
     raise ValueError(family)
 
 
@@ -157,13 +202,25 @@ def zoo(tmp_path_factory: pytest.TempPathFactory, minilm_dir: str) -> Zoo:
     return Zoo(tmp_path_factory.mktemp("zoo"), minilm_dir)
 
 
-def _train(zoo: Zoo, family: str, out: Path, decisions: dict | None = None, **overrides: Any) -> dict[str, torch.Tensor]:
+def _train(
+    zoo: Zoo, family: str, out: Path, decisions: dict | None = None, **overrides: Any
+) -> dict[str, torch.Tensor]:
     """STEPS optimizer steps from the family's initial weights; the final parameters by name (the levers'
     decisions into `decisions`)."""
-    args = TrainingArguments(str(out), max_steps=STEPS, use_cpu=True, disable_tqdm=True, seed=0,
-                             per_device_train_batch_size=4, eval_strategy="no", save_strategy="no", **overrides)
-    trainer = Trainer(zoo.load(family), args, train_dataset=zoo.train_data(family),
-                      processing_class=zoo.tokenizer(family))
+    args = TrainingArguments(
+        str(out),
+        max_steps=STEPS,
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+        per_device_train_batch_size=4,
+        eval_strategy="no",
+        save_strategy="no",
+        **overrides,
+    )
+    trainer = Trainer(
+        zoo.load(family), args, train_dataset=zoo.train_data(family), processing_class=zoo.tokenizer(family)
+    )
     trainer.train()
     if decisions is not None:
         decisions.update({name: d.applied for name, d in trainer.speed.items()})
@@ -219,8 +276,11 @@ def test_fused_adamw_with_the_clip_folded_in_matches_foreach(zoo: Zoo, family: s
 @pytest.fixture(scope="module")
 def csv_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("zoo-csv")
-    return {"train": write_csv(d / "train.csv", toy_rows(24, 0)), "dev": write_csv(d / "dev.csv", toy_rows(12, 1)),
-            "test": write_csv(d / "test.csv", [{k: v for k, v in r.items() if k != "label"} for r in toy_rows(10, 2)])}
+    return {
+        "train": write_csv(d / "train.csv", toy_rows(24, 0)),
+        "dev": write_csv(d / "dev.csv", toy_rows(12, 1)),
+        "test": write_csv(d / "test.csv", [{k: v for k, v in r.items() if k != "label"} for r in toy_rows(10, 2)]),
+    }
 
 
 DATA_FLAGS = ["--text-columns", "sentence1", "sentence2", "--use-cpu", "--quiet"]
@@ -245,9 +305,24 @@ def trained(zoo: Zoo, csv_files: dict[str, Path], tmp_path_factory: pytest.TempP
                 # report.html is drawn from the run's files alone, never the model (tests/test_cli.py and
                 # test_report.py cover it); its plots would cost ~1.5 s a family. Its inputs are still written.
                 mp.setattr("leantune.report.write_report", lambda dirs, output=None: Path(dirs[0]) / "report.html")
-                _cli("train", "--model", zoo.path(family), "--train-file", str(csv_files["train"]),
-                     "--validation-file", str(csv_files["dev"]), "--label-column", "label", "--output-dir", str(out),
-                     "--max-steps", "4", "--batch-size", "4", *DATA_FLAGS)
+                _cli(
+                    "train",
+                    "--model",
+                    zoo.path(family),
+                    "--train-file",
+                    str(csv_files["train"]),
+                    "--validation-file",
+                    str(csv_files["dev"]),
+                    "--label-column",
+                    "label",
+                    "--output-dir",
+                    str(out),
+                    "--max-steps",
+                    "4",
+                    "--batch-size",
+                    "4",
+                    *DATA_FLAGS,
+                )
             runs[family] = out
         return runs[family]
 
@@ -262,23 +337,34 @@ def _probabilities(model: PreTrainedModel, tok: Any, rows: list[dict]) -> np.nda
 
 
 @pytest.mark.parametrize("family", SAVED)
-def test_cli_train_evaluate_predict_reload(zoo: Zoo, family: str, trained: Callable[[str], Path],
-                                           csv_files: dict[str, Path], tmp_path: Path) -> None:
+def test_cli_train_evaluate_predict_reload(
+    zoo: Zoo, family: str, trained: Callable[[str], Path], csv_files: dict[str, Path], tmp_path: Path
+) -> None:
     out = trained(family)
     assert (out / "model.safetensors").is_file() and (out / "leantune_config.json").is_file()
 
-    _cli("evaluate", "--model", str(out), "--validation-file", str(csv_files["dev"]), "--label-column", "label",
-         "--output-dir", str(tmp_path / "eval"), *DATA_FLAGS)
+    _cli(
+        "evaluate",
+        "--model",
+        str(out),
+        "--validation-file",
+        str(csv_files["dev"]),
+        "--label-column",
+        "label",
+        "--output-dir",
+        str(tmp_path / "eval"),
+        *DATA_FLAGS,
+    )
     metrics = json.loads((tmp_path / "eval" / "eval_validation_metrics.json").read_text())
     assert metrics["eval_samples"] == 12 and 0 <= metrics["eval_accuracy"] <= 1
 
     pred = tmp_path / "pred"
-    _cli("predict", "--model", str(out), "--test-file", str(csv_files["test"]), "--output-dir", str(pred),
-         *DATA_FLAGS)
+    _cli("predict", "--model", str(out), "--test-file", str(csv_files["test"]), "--output-dir", str(pred), *DATA_FLAGS)
     lines = (pred / "predictions.tsv").read_text().splitlines()
     assert lines[0] == "index\tprediction" and len(lines) == 1 + 10
-    written = np.array([[float(x) for x in line.split("\t")[1:]]
-                        for line in (pred / "probabilities.tsv").read_text().splitlines()[1:]])
+    written = np.array(
+        [[float(x) for x in line.split("\t")[1:]] for line in (pred / "probabilities.tsv").read_text().splitlines()[1:]]
+    )
 
     # transformers alone reloads what leantune saved: the same architecture, and predict's probabilities
     reloaded = AutoModelForSequenceClassification.from_pretrained(out)

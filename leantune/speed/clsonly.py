@@ -53,22 +53,27 @@ class Form(NamedTuple):
     linears: tuple[str, ...]  # the projections whose weights the forward reads directly: plain nn.Linear only
 
 
-def _attention_parts(attn: nn.Module, q: str, k: str, v: str, heads: str) -> tuple[nn.Linear, nn.Linear, nn.Linear, int]:
+def _attention_parts(
+    attn: nn.Module, q: str, k: str, v: str, heads: str
+) -> tuple[nn.Linear, nn.Linear, nn.Linear, int]:
     return getattr(attn, q), getattr(attn, k), getattr(attn, v), int(getattr(attn, heads))
 
 
-def _forward_bert(layer: nn.Module, hidden: torch.Tensor, mask: torch.Tensor | None, *args: Any,
-                  **kwargs: Any) -> torch.Tensor:
+def _forward_bert(
+    layer: nn.Module, hidden: torch.Tensor, mask: torch.Tensor | None, *args: Any, **kwargs: Any
+) -> torch.Tensor:
     """BertLayer (also RoBERTa, XLM-R, ELECTRA) for position 0."""
     attn = layer.attention.self
-    context = _cls_attention(attn, *_attention_parts(attn, "query", "key", "value", "num_attention_heads"),
-                             hidden, mask)
+    context = _cls_attention(
+        attn, *_attention_parts(attn, "query", "key", "value", "num_attention_heads"), hidden, mask
+    )
     attention_output = layer.attention.output(context, hidden[:, :1])
     return layer.output(layer.intermediate(attention_output), attention_output)
 
 
-def _forward_distilbert(layer: nn.Module, hidden: torch.Tensor, mask: torch.Tensor | None, *args: Any,
-                        **kwargs: Any) -> torch.Tensor:
+def _forward_distilbert(
+    layer: nn.Module, hidden: torch.Tensor, mask: torch.Tensor | None, *args: Any, **kwargs: Any
+) -> torch.Tensor:
     """DistilBERT's TransformerBlock for position 0."""
     attn = layer.attention
     context = _cls_attention(attn, *_attention_parts(attn, "q_lin", "k_lin", "v_lin", "n_heads"), hidden, mask)
@@ -76,21 +81,32 @@ def _forward_distilbert(layer: nn.Module, hidden: torch.Tensor, mask: torch.Tens
     return layer.output_layer_norm(layer.ffn(attention_output) + attention_output)
 
 
-def _forward_mpnet(layer: nn.Module, hidden: torch.Tensor, mask: torch.Tensor | None, *args: Any,
-                   **kwargs: Any) -> tuple[torch.Tensor]:
+def _forward_mpnet(
+    layer: nn.Module, hidden: torch.Tensor, mask: torch.Tensor | None, *args: Any, **kwargs: Any
+) -> tuple[torch.Tensor]:
     """MPNetLayer for position 0: BERT's layer plus the encoder's relative position bias on the scores
     (its third argument, (batch, heads, queries, keys): [CLS]'s row is kept)."""
     bias = args[0] if args else kwargs.get("position_bias")
     attn = layer.attention.attn
-    context = _cls_attention(attn, *_attention_parts(attn, "q", "k", "v", "num_attention_heads"), hidden, mask,
-                             None if bias is None else bias[:, :, 0])
+    context = _cls_attention(
+        attn,
+        *_attention_parts(attn, "q", "k", "v", "num_attention_heads"),
+        hidden,
+        mask,
+        None if bias is None else bias[:, :, 0],
+    )
     attention_output = layer.attention.LayerNorm(layer.attention.dropout(attn.o(context)) + hidden[:, :1])
     return (layer.output(layer.intermediate(attention_output), attention_output),)  # MPNetLayer returns a tuple
 
 
-def _forward_modernbert(layer: nn.Module, hidden: torch.Tensor, mask: torch.Tensor | None, *args: Any,
-                        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
-                        **kwargs: Any) -> torch.Tensor:
+def _forward_modernbert(
+    layer: nn.Module,
+    hidden: torch.Tensor,
+    mask: torch.Tensor | None,
+    *args: Any,
+    position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+    **kwargs: Any,
+) -> torch.Tensor:
     """ModernBERT's encoder layer (pre-norm, fused Wqkv, rotary positions, GLU MLP) for position 0.
 
     Rotary positions turn each key by its own position, so keys cannot be folded into the query: keys and
@@ -107,7 +123,9 @@ def _forward_modernbert(layer: nn.Module, hidden: torch.Tensor, mask: torch.Tens
     weight = attn.Wqkv.weight.view(3, heads * head, width)
     bias = None if attn.Wqkv.bias is None else attn.Wqkv.bias.view(3, heads * head)
     query = nn.functional.linear(x[:, :1], weight[0], None if bias is None else bias[0])
-    kv = nn.functional.linear(x, weight[1:].reshape(2 * heads * head, width), None if bias is None else bias[1:].reshape(-1))
+    kv = nn.functional.linear(
+        x, weight[1:].reshape(2 * heads * head, width), None if bias is None else bias[1:].reshape(-1)
+    )
     key, value = kv.view(batch, length, 2, heads, head).permute(2, 0, 3, 1, 4)  # (batch, heads, length, head) each
     query = query.view(batch, 1, heads, head).transpose(1, 2)
     cos, sin = position_embeddings
@@ -126,17 +144,57 @@ def _forward_modernbert(layer: nn.Module, hidden: torch.Tensor, mask: torch.Tens
 
 
 FORMS = (
-    Form("encoder.layer", ("attention.self.query", "attention.self.key", "attention.self.value",
-                           "attention.self.dropout", "attention.output", "intermediate", "output"), _forward_bert,
-         ("attention.self.query", "attention.self.key", "attention.self.value")),
-    Form("transformer.layer", ("attention.q_lin", "attention.k_lin", "attention.v_lin", "attention.out_lin",
-                               "attention.dropout", "sa_layer_norm", "ffn", "output_layer_norm"), _forward_distilbert,
-         ("attention.q_lin", "attention.k_lin", "attention.v_lin")),
-    Form("encoder.layer", ("attention.attn.q", "attention.attn.k", "attention.attn.v", "attention.attn.o",
-                           "attention.attn.dropout", "attention.LayerNorm", "attention.dropout", "intermediate",
-                           "output"), _forward_mpnet, ("attention.attn.q", "attention.attn.k", "attention.attn.v")),
-    Form("layers", ("attn.Wqkv", "attn.Wo", "attn.out_drop", "attn_norm", "mlp_norm", "mlp"), _forward_modernbert,
-         ("attn.Wqkv",)),
+    Form(
+        "encoder.layer",
+        (
+            "attention.self.query",
+            "attention.self.key",
+            "attention.self.value",
+            "attention.self.dropout",
+            "attention.output",
+            "intermediate",
+            "output",
+        ),
+        _forward_bert,
+        ("attention.self.query", "attention.self.key", "attention.self.value"),
+    ),
+    Form(
+        "transformer.layer",
+        (
+            "attention.q_lin",
+            "attention.k_lin",
+            "attention.v_lin",
+            "attention.out_lin",
+            "attention.dropout",
+            "sa_layer_norm",
+            "ffn",
+            "output_layer_norm",
+        ),
+        _forward_distilbert,
+        ("attention.q_lin", "attention.k_lin", "attention.v_lin"),
+    ),
+    Form(
+        "encoder.layer",
+        (
+            "attention.attn.q",
+            "attention.attn.k",
+            "attention.attn.v",
+            "attention.attn.o",
+            "attention.attn.dropout",
+            "attention.LayerNorm",
+            "attention.dropout",
+            "intermediate",
+            "output",
+        ),
+        _forward_mpnet,
+        ("attention.attn.q", "attention.attn.k", "attention.attn.v"),
+    ),
+    Form(
+        "layers",
+        ("attn.Wqkv", "attn.Wo", "attn.out_drop", "attn_norm", "mlp_norm", "mlp"),
+        _forward_modernbert,
+        ("attn.Wqkv",),
+    ),
 )
 
 
@@ -182,8 +240,13 @@ def _plain_linear(module: nn.Module) -> bool:
     (an adapter), a hook or a parametrization would be bypassed."""
     from torch.nn.utils import parametrize
 
-    return (type(module) is nn.Linear and not module._forward_hooks and not module._forward_pre_hooks
-            and not parametrize.is_parametrized(module) and "forward" not in module.__dict__)
+    return (
+        type(module) is nn.Linear
+        and not module._forward_hooks
+        and not module._forward_pre_hooks
+        and not parametrize.is_parametrized(module)
+        and "forward" not in module.__dict__
+    )
 
 
 def _structure_problem(model: nn.Module) -> str | None:
@@ -222,8 +285,16 @@ def _fingerprint(model: nn.Module) -> int:
 
     swapped = (nn.Dropout, nn.GELU, nn.Embedding, CompactEmbedding, FastGELU)
     attn = {"leantune_sdpa": "sdpa"}.get(model.config._attn_implementation, model.config._attn_implementation)
-    return hash((attn, tuple((name, type(m)) for name, m in model.named_modules()
-                             if not isinstance(m, swapped) and type(m).__name__ != "GELUActivation")))
+    return hash(
+        (
+            attn,
+            tuple(
+                (name, type(m))
+                for name, m in model.named_modules()
+                if not isinstance(m, swapped) and type(m).__name__ != "GELUActivation"
+            ),
+        )
+    )
 
 
 def why_not(model: nn.Module) -> str | None:
@@ -281,8 +352,9 @@ def _probing(model: nn.Module) -> Iterator[None]:
             layer.forward = ours
 
 
-def _logits_and_grads(model: nn.Module, batch: dict[str, torch.Tensor], projection: torch.Tensor,
-                      params: list[nn.Parameter]) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+def _logits_and_grads(
+    model: nn.Module, batch: dict[str, torch.Tensor], projection: torch.Tensor, params: list[nn.Parameter]
+) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
     logits = model(**batch, return_dict=True).logits.float()
     grads = torch.autograd.grad((logits * projection).sum(), params, allow_unused=True)  # .grad is left alone
     return logits.detach(), list(grads)
@@ -321,16 +393,21 @@ def _probe(model: nn.Module) -> str | None:
             cls_only, grads = _logits_and_grads(model, batch, projection, params)
     scale = max(1.0, float(full.abs().max()))
     if not torch.allclose(moved, full, rtol=0, atol=1e-6 * scale):
-        return (f"the head reads more than position 0 (moving the other positions of the last layer's output "
-                f"moved the logits by {float((moved - full).abs().max()):.2g})")
+        return (
+            f"the head reads more than position 0 (moving the other positions of the last layer's output "
+            f"moved the logits by {float((moved - full).abs().max()):.2g})"
+        )
     if not torch.allclose(cls_only, full, rtol=0, atol=1e-4 * scale):
-        return (f"the [CLS]-only layer did not give the full layer's logits (off by "
-                f"{float((cls_only - full).abs().max()):.2g})")
+        return (
+            f"the [CLS]-only layer did not give the full layer's logits (off by "
+            f"{float((cls_only - full).abs().max()):.2g})"
+        )
     return _gradient_problem(model, params, full_grads, grads)
 
 
-def _gradient_problem(model: nn.Module, params: list[nn.Parameter], full: list[torch.Tensor | None],
-                      cls_only: list[torch.Tensor | None]) -> str | None:
+def _gradient_problem(
+    model: nn.Module, params: list[nn.Parameter], full: list[torch.Tensor | None], cls_only: list[torch.Tensor | None]
+) -> str | None:
     names = {id(p): n for n, p in model.named_parameters()}
     scale = max([float(g.abs().max()) for g in full if g is not None] + [1e-12])
     for p, a, b in zip(params, full, cls_only):
@@ -339,8 +416,16 @@ def _gradient_problem(model: nn.Module, params: list[nn.Parameter], full: list[t
     return None
 
 
-def _cls_attention(attn: nn.Module, q_proj: nn.Linear, k_proj: nn.Linear, v_proj: nn.Linear, heads: int,
-                   hidden: torch.Tensor, mask: torch.Tensor | None, bias: torch.Tensor | None = None) -> torch.Tensor:
+def _cls_attention(
+    attn: nn.Module,
+    q_proj: nn.Linear,
+    k_proj: nn.Linear,
+    v_proj: nn.Linear,
+    heads: int,
+    hidden: torch.Tensor,
+    mask: torch.Tensor | None,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
     """[CLS]'s self-attention over all positions, (batch, 1, heads * head) out, without projecting keys and values.
 
     With one query per head, q . (W_k h_j + b_k) = (W_k^T q) . h_j + q . b_k, and the context
@@ -395,8 +480,9 @@ def _patched(model: nn.Module) -> Iterator[None]:
     def note_request(_module: nn.Module, _args: Any, kwargs: dict[str, Any]) -> None:
         wants_all["on"] = bool(kwargs.get("output_hidden_states") or kwargs.get("output_attentions"))
 
-    def forward(hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, *args: Any,
-                **kwargs: Any) -> Any:
+    def forward(
+        hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, *args: Any, **kwargs: Any
+    ) -> Any:
         if wants_all["on"]:
             return full_forward(layer, hidden_states, attention_mask, *args, **kwargs)
         if kwargs.get("cu_seq_lens_q") is not None:  # a packed row: each sequence in its own row first

@@ -51,8 +51,10 @@ def used_token_ids(dataset: Any, vocab_size: int, extra_ids: Iterable[int | None
     if ids is None:
         return None
     if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
-        raise LeantuneError(f"the training set holds token id {int(ids.max())} (or a negative one), outside the "
-                            f"model's vocabulary of {vocab_size}: was it tokenized for another model?")
+        raise LeantuneError(
+            f"the training set holds token id {int(ids.max())} (or a negative one), outside the "
+            f"model's vocabulary of {vocab_size}: was it tokenized for another model?"
+        )
     seen = np.bincount(ids, minlength=vocab_size) > 0  # O(tokens), no sort
     for i in extra_ids:
         if i is not None and 0 <= i < vocab_size:
@@ -91,8 +93,9 @@ class CompactEmbedding(nn.Module):
         object.__setattr__(self, "_original", original)
         device = original.weight.device
         self.rows = rows.to(device)
-        self.weight = nn.Parameter(original.weight.detach()[self.rows].clone(),
-                                   requires_grad=original.weight.requires_grad)
+        self.weight = nn.Parameter(
+            original.weight.detach()[self.rows].clone(), requires_grad=original.weight.requires_grad
+        )
         setattr(self.weight, _ROWS_ATTR, (rows.cpu(), original.num_embeddings))
         # A plain tensor, not a buffer: DDP would broadcast buffers on every forward.
         self.index = torch.full((original.num_embeddings,), -1, dtype=torch.long, device=device)
@@ -117,9 +120,11 @@ class CompactEmbedding(nn.Module):
         compact = self.index[input_ids]
         if bool((compact < 0).any()):  # a CPU read: cheap there (compaction is CPU-only)
             missing = sorted(set(input_ids[compact < 0].tolist()))[:5]
-            raise LeantuneError(f"token id(s) {missing} reached the model but never occur in the training set's "
-                                f"input_ids (a custom collator?); train with compact_embeddings=False "
-                                f"(--no-compact-embeddings)")
+            raise LeantuneError(
+                f"token id(s) {missing} reached the model but never occur in the training set's "
+                f"input_ids (a custom collator?); train with compact_embeddings=False "
+                f"(--no-compact-embeddings)"
+            )
         if not self._buffered():
             return F.embedding(compact, self.weight, self.padding_idx)
         first = self.weight.grad is None  # the first micro-batch of an optimizer step
@@ -208,9 +213,14 @@ def compaction_problem(model: nn.Module, args: Any, device: torch.device) -> str
 
 
 @contextlib.contextmanager
-def compact_embeddings(model: nn.Module, train_dataset: Any, args: Any, device: torch.device,
-                       extra_ids: Iterable[int | None] = (),
-                       rows: torch.Tensor | None = None) -> Iterator[CompactEmbedding | None]:
+def compact_embeddings(
+    model: nn.Module,
+    train_dataset: Any,
+    args: Any,
+    device: torch.device,
+    extra_ids: Iterable[int | None] = (),
+    rows: torch.Tensor | None = None,
+) -> Iterator[CompactEmbedding | None]:
     """Train only the used rows of `model`'s input embedding inside the block (see the module docstring);
     yields the `CompactEmbedding`, or None when compaction does not apply (the model is left alone).
     `rows`: `rows_to_train(model, train_dataset, extra_ids)` when the caller has it already (one pass over
@@ -274,8 +284,12 @@ def _gather_state(optimizer: torch.optim.Optimizer, state_dict: dict[str, Any]) 
         rows, vocab = getattr(p, _ROWS_ATTR)
         if i not in state:
             continue
-        state[i] = {k: v[rows.to(v.device)] if isinstance(v, torch.Tensor) and v.ndim == p.ndim
-                    and v.shape[0] == vocab and v.shape[1:] == p.shape[1:] else v for k, v in state[i].items()}
+        state[i] = {
+            k: v[rows.to(v.device)]
+            if isinstance(v, torch.Tensor) and v.ndim == p.ndim and v.shape[0] == vocab and v.shape[1:] == p.shape[1:]
+            else v
+            for k, v in state[i].items()
+        }
     return {**state_dict, "state": state}
 
 

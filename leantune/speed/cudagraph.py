@@ -45,8 +45,14 @@ class GraphedStep:
     further new shapes run eagerly.
     """
 
-    def __init__(self, model: torch.nn.Module, pad_token_id: int = 0, loss_scale: float = 1.0,
-                 bucket: int = BUCKET, max_graphs: int = 48) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        pad_token_id: int = 0,
+        loss_scale: float = 1.0,
+        bucket: int = BUCKET,
+        max_graphs: int = 48,
+    ) -> None:
         self.model, self.pad_token_id, self.loss_scale = model, pad_token_id, loss_scale
         self.bucket, self.max_graphs = bucket, max_graphs
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -81,7 +87,7 @@ class GraphedStep:
         for k, v in batch.items():
             dst = g.staging[k]
             if k in _SEQ_KEYS and v.shape[1] != dst.shape[1]:
-                dst[:, v.shape[1]:] = self.pad_token_id if k == "input_ids" else 0
+                dst[:, v.shape[1] :] = self.pad_token_id if k == "input_ids" else 0
                 dst[:, : v.shape[1]] = v
             else:
                 dst.copy_(v)
@@ -97,8 +103,10 @@ class GraphedStep:
     def _capture(self, batch: dict[str, torch.Tensor], shape: tuple[int, int]) -> _Graph:
         """Warm the shape up on a side stream, capture it, then put back what the warm-up changed (the
         gradients it added, the CUDA generator it drew dropout from)."""
-        staging = {k: torch.empty(shape if k in _SEQ_KEYS else v.shape, dtype=v.dtype, pin_memory=True)
-                   for k, v in batch.items()}
+        staging = {
+            k: torch.empty(shape if k in _SEQ_KEYS else v.shape, dtype=v.dtype, pin_memory=True)
+            for k, v in batch.items()
+        }
         inputs = {k: torch.empty(t.shape, dtype=t.dtype, device=self.device) for k, t in staging.items()}
         g = _Graph(torch.cuda.CUDAGraph(), staging, inputs, torch.empty(()), torch.cuda.Event())
         self._load(g, batch)
@@ -130,11 +138,18 @@ class GraphedStep:
                     p.grad = torch.zeros_like(p)
             self.grads = [p.grad for p in self.params]
         elif any(p.grad is not g for p, g in zip(self.params, self.grads)):
-            raise RuntimeError("GraphedStep: parameter gradients were replaced; zero them in place "
-                               "(optimizer.zero_grad(set_to_none=False))")
+            raise RuntimeError(
+                "GraphedStep: parameter gradients were replaced; zero them in place "
+                "(optimizer.zero_grad(set_to_none=False))"
+            )
 
 
 def can_use_cuda_graphs(enabled: bool, accelerator, torch_compile: bool) -> bool:
     """CUDA graphs for training steps: one CUDA process, no torch.compile, no fp16 grad scaler."""
-    return (enabled and accelerator.device.type == "cuda" and accelerator.num_processes == 1 and not torch_compile
-            and accelerator.mixed_precision != "fp16")
+    return (
+        enabled
+        and accelerator.device.type == "cuda"
+        and accelerator.num_processes == 1
+        and not torch_compile
+        and accelerator.mixed_precision != "fp16"
+    )

@@ -128,8 +128,13 @@ class FastGELU(nn.Module):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (self.training and x.requires_grad and x.dtype == torch.float32 and x.device.type == "cpu"
-                and kernels.library() is not None):
+        if (
+            self.training
+            and x.requires_grad
+            and x.dtype == torch.float32
+            and x.device.type == "cpu"
+            and kernels.library() is not None
+        ):
             return _GELU.apply(x)
         return nn.functional.gelu(x)
 
@@ -170,9 +175,16 @@ def fast_dropout_on(module: nn.Module) -> bool:
     return id(module) in _fast_modules.get()
 
 
-def attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-              attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
-              **kwargs: Any) -> tuple[torch.Tensor, None]:
+def attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
     """transformers' attention-function signature; (batch, heads, seq, dim) in, (batch, seq, heads, dim) out.
     A packed call (FlashAttention's varlen arguments) attends within each sequence (packing.py)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -181,13 +193,18 @@ def attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: 
     if kwargs.get("cu_seq_lens_q") is not None:
         drop = None
         if module.training and dropout > 0.0:
-            drop = (lambda x: _Dropout.apply(x, dropout)) if fast else (
-                lambda x: nn.functional.dropout(x, dropout, training=True))
-        return packed_attention(query, key, value, attention_mask, scaling, kwargs["cu_seq_lens_q"],
-                                kwargs["max_length_q"], drop), None
+            drop = (
+                (lambda x: _Dropout.apply(x, dropout))
+                if fast
+                else (lambda x: nn.functional.dropout(x, dropout, training=True))
+            )
+        return packed_attention(
+            query, key, value, attention_mask, scaling, kwargs["cu_seq_lens_q"], kwargs["max_length_q"], drop
+        ), None
     if dropout == 0.0 or not module.training or kwargs.get("is_causal") or not fast:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
-                                      scaling=scaling, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
     scores = torch.matmul(query, key.transpose(-2, -1)).mul_(scale)
     if attention_mask is not None:

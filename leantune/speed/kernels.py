@@ -164,7 +164,8 @@ def keep(n: int, seed: int, p: float) -> np.ndarray:
 
 def _cache_dir() -> Path:
     root = os.environ.get("LEANTUNE_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "leantune")
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "leantune"
+    )
     return Path(root) / "kernels"
 
 
@@ -206,8 +207,13 @@ def _compile(cc: str, target: Path) -> str | None:
         why = "no flags worked"
         for flags in FLAG_SETS:
             try:
-                done = subprocess.run([cc, *flags, "-shared", "-fPIC", str(src), "-o", str(out)],
-                                      check=False, capture_output=True, text=True, timeout=120)
+                done = subprocess.run(
+                    [cc, *flags, "-shared", "-fPIC", str(src), "-o", str(out)],
+                    check=False,
+                    capture_output=True,
+                    text=True,
+                    timeout=120,
+                )
             except (OSError, subprocess.TimeoutExpired) as e:
                 return f"{cc}: {e}"
             if done.returncode == 0:
@@ -239,8 +245,15 @@ def _load(target: Path) -> tuple[ctypes.CDLL | None, str | None]:
     if missing:
         return None, f"{target.name} lacks {', '.join(missing)}"
     lib.lt_dropout_f32.restype = None
-    lib.lt_dropout_f32.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
-                                   ctypes.c_uint64, ctypes.c_uint32, ctypes.c_float]
+    lib.lt_dropout_f32.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_int64,
+        ctypes.c_uint64,
+        ctypes.c_uint32,
+        ctypes.c_float,
+    ]
     lib.lt_gelu_f32.restype = None
     lib.lt_gelu_f32.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
     lib.lt_sumsq_f32.restype = ctypes.c_double
@@ -309,8 +322,12 @@ def library() -> ctypes.CDLL | None:
     if lib is None:
         _why_not.append(why or "unknown")
         if os.environ.get("RANK", "0") == "0":
-            print(f"leantune: the C kernels were not built ({why}); dropout uses numpy (same masks, slower), "
-                  "GELU and the gradient norm use torch", file=sys.stderr, flush=True)
+            print(
+                f"leantune: the C kernels were not built ({why}); dropout uses numpy (same masks, slower), "
+                "GELU and the gradient norm use torch",
+                file=sys.stderr,
+                flush=True,
+            )
     return lib
 
 

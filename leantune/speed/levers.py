@@ -59,8 +59,11 @@ class CompactEmbeddings:
         self.rows = rows = rows_to_train(model, self.dataset, self.extra_ids)
         if rows is None:
             return Decision(False, "the training set has no input_ids")
-        return Decision(True, f"trains the {len(rows):,} of {vocab:,} embedding rows the training set and padding "
-                              "use (weight decay 0: the others never move)")
+        return Decision(
+            True,
+            f"trains the {len(rows):,} of {vocab:,} embedding rows the training set and padding "
+            "use (weight decay 0: the others never move)",
+        )
 
     def enter(self, model: nn.Module, args: Any) -> contextlib.AbstractContextManager:
         return compact_embeddings(model, self.dataset, args, self.device, self.extra_ids, rows=self.rows)
@@ -75,8 +78,11 @@ class ClsOnlyLastLayer:
         problem = why_not(model)
         if problem:
             return Decision(False, problem)
-        return Decision(True, "probed: the head reads position 0 alone and the [CLS]-only layer gives the full "
-                              "layer's logits and gradients")
+        return Decision(
+            True,
+            "probed: the head reads position 0 alone and the [CLS]-only layer gives the full "
+            "layer's logits and gradients",
+        )
 
     def enter(self, model: nn.Module, args: Any) -> contextlib.AbstractContextManager:
         return cls_only_last_layer(model)
@@ -94,11 +100,17 @@ class FastDropout:
         if self.device.type != "cpu":
             return Decision(False, "CPU only (torch's own dropout and GELU are fast on a GPU)")
         if kernels.library() is None:
-            return Decision(True, f"dropout masks drawn by numpy from a counter-based stream (C kernels not "
-                                  f"available: {kernels.unavailable()}); torch's GELU")
-        return Decision(True, "dropout masks from a counter-based stream (same Bernoulli(p), another random "
-                              "stream) and a GELU saving its derivative (within ~5e-7), by C kernels checked "
-                              "against numpy")
+            return Decision(
+                True,
+                f"dropout masks drawn by numpy from a counter-based stream (C kernels not "
+                f"available: {kernels.unavailable()}); torch's GELU",
+            )
+        return Decision(
+            True,
+            "dropout masks from a counter-based stream (same Bernoulli(p), another random "
+            "stream) and a GELU saving its derivative (within ~5e-7), by C kernels checked "
+            "against numpy",
+        )
 
     def enter(self, model: nn.Module, args: Any) -> contextlib.AbstractContextManager:
         return fast_training(model)
@@ -123,8 +135,11 @@ class FoldedClip:
         if args.optim != "adamw_torch_fused":
             return Decision(False, f"needs --optim adamw_torch_fused (got {args.optim})")
         norm = "in float64 by a C kernel" if kernels.library() is not None else "by torch"
-        return Decision(True, f"the fused AdamW divides by the clip factor as it reads each gradient (no separate "
-                              f"pass; x / s instead of x * (1 / s): fp32 rounding); the norm summed {norm}")
+        return Decision(
+            True,
+            f"the fused AdamW divides by the clip factor as it reads each gradient (no separate "
+            f"pass; x / s instead of x * (1 / s): fp32 rounding); the norm summed {norm}",
+        )
 
     def enter(self, model: nn.Module, args: Any) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
@@ -141,8 +156,9 @@ class PackedBatches:
         if not args.packed_batches:
             return _off(self.name)
         if not self.own_collator:
-            return Decision(False, "a data_collator other than plain right-side padding was given: its batches "
-                                   "are used as they are")
+            return Decision(
+                False, "a data_collator other than plain right-side padding was given: its batches are used as they are"
+            )
         if can_use_cuda_graphs(args.cuda_graphs, self.accelerator, args.torch_compile):
             return Decision(False, "CUDA graphs replay fixed batch shapes: padded batches (--no-cuda-graphs to pack)")
         if args.torch_compile:
@@ -156,8 +172,11 @@ class PackedBatches:
         problem = packing.why_not(model, self.cls_only)
         if problem:
             return Decision(False, f"{problem}: padded batches")
-        return Decision(True, "each batch's sequences in one row without padding, attention within each sequence; "
-                              "probed: the padded batch's logits and gradients")
+        return Decision(
+            True,
+            "each batch's sequences in one row without padding, attention within each sequence; "
+            "probed: the padded batch's logits and gradients",
+        )
 
     def enter(self, model: nn.Module, args: Any) -> contextlib.AbstractContextManager:
         return packing.packed_unchecked(model)  # applies() has just proven it for this model
@@ -169,8 +188,11 @@ class GroupByLength:
     def applies(self, model: nn.Module, args: Any) -> Decision:
         if not args.group_by_length:
             return Decision(False, "plain shuffling (--group-by-length to group)")
-        return Decision(True, "batches of similar length (--group-by-length): not random samples, so the "
-                              "gradients differ from plain shuffling's (see BENCHMARKS.md)")
+        return Decision(
+            True,
+            "batches of similar length (--group-by-length): not random samples, so the "
+            "gradients differ from plain shuffling's (see BENCHMARKS.md)",
+        )
 
     def enter(self, model: nn.Module, args: Any) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()  # the Trainer's sampler reads the argument
@@ -193,14 +215,21 @@ class CudaGraphs:
         return contextlib.nullcontext()  # the Trainer builds its GraphedStep when this applies
 
 
-def training_levers(train_dataset: Any, accelerator: Any, pad_ids: Iterable[int | None],
-                    own_collator: bool = True) -> list[Lever]:
+def training_levers(
+    train_dataset: Any, accelerator: Any, pad_ids: Iterable[int | None], own_collator: bool = True
+) -> list[Lever]:
     """Every training lever, in the order they are entered (compaction first: the optimizer is built inside).
     `own_collator`: the Trainer makes the batches (no data_collator was given), so it may pack them."""
     device = accelerator.device
-    return [CompactEmbeddings(train_dataset, device, pad_ids), ClsOnlyLastLayer(), FastDropout(device),
-            FoldedClip(accelerator), PackedBatches(accelerator, own_collator, train_dataset), GroupByLength(),
-            CudaGraphs(accelerator)]
+    return [
+        CompactEmbeddings(train_dataset, device, pad_ids),
+        ClsOnlyLastLayer(),
+        FastDropout(device),
+        FoldedClip(accelerator),
+        PackedBatches(accelerator, own_collator, train_dataset),
+        GroupByLength(),
+        CudaGraphs(accelerator),
+    ]
 
 
 def decide(levers: Sequence[Lever], model: nn.Module, args: Any) -> dict[str, Decision]:
@@ -208,7 +237,9 @@ def decide(levers: Sequence[Lever], model: nn.Module, args: Any) -> dict[str, De
 
 
 @contextlib.contextmanager
-def enter_levers(levers: Sequence[Lever], decisions: dict[str, Decision], model: nn.Module, args: Any) -> Iterator[None]:
+def enter_levers(
+    levers: Sequence[Lever], decisions: dict[str, Decision], model: nn.Module, args: Any
+) -> Iterator[None]:
     with contextlib.ExitStack() as stack:
         for lever in levers:
             if decisions[lever.name].applied:

@@ -37,5 +37,7 @@ def retain_freed_memory() -> tuple[bool, str]:
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     if not (mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)):
         return False, "left alone (glibc refused the thresholds)"
-    return True, (f"glibc keeps freed memory for reuse (trim threshold {TRIM_THRESHOLD >> 20} MiB, mmap threshold "
-                  f"{MMAP_THRESHOLD >> 20} MiB): no page faults re-touching it; the resident size stays at its peak")
+    return True, (
+        f"glibc keeps freed memory for reuse (trim threshold {TRIM_THRESHOLD >> 20} MiB, mmap threshold "
+        f"{MMAP_THRESHOLD >> 20} MiB): no page faults re-touching it; the resident size stays at its peak"
+    )

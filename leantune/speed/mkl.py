@@ -118,8 +118,9 @@ def prefer_cpu_features() -> tuple[bool, str]:
     if not all(any(lo <= a and a + 4 <= hi for lo, hi in writable) for a in addresses):
         return False, "left alone (MKL's cached answers are not in libtorch_cpu.so's data)"
     if ctypes.c_int.from_address(detected_at).value >= 0:
-        return False, ("left alone: MKL already chose its code path at an earlier matrix multiply "
-                       "(call tune_process() before any)")
+        return False, (
+            "left alone: MKL already chose its code path at an earlier matrix multiply (call tune_process() before any)"
+        )
     for address in answers:
         ctypes.c_int.from_address(address).value = 1
     return True, "MKL runs the code paths of this CPU's instruction sets (its vendor checks answer yes)"

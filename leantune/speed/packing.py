@@ -120,8 +120,11 @@ def replaces(collator: Any) -> bool:
     if type(collator) is DataCollatorWithPadding:
         return not collator.pad_left and not collator.pad_to_multiple_of
     if type(collator) is HFCollator:  # padding=True/"longest" only: "max_length" asks for fixed shapes
-        return (getattr(collator.tokenizer, "padding_side", "right") == "right" and collator.pad_to_multiple_of is None
-                and collator.padding in (True, "longest"))
+        return (
+            getattr(collator.tokenizer, "padding_side", "right") == "right"
+            and collator.pad_to_multiple_of is None
+            and collator.padding in (True, "longest")
+        )
     return False
 
 
@@ -186,9 +189,16 @@ def _mask_in_layout(mask: torch.Tensor, lay: Layout, total: int) -> torch.Tensor
     return square[slots[:, :, None], slots[:, None, :]].unsqueeze(1)
 
 
-def packed_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: torch.Tensor | None,
-                     scaling: float | None, cu: torch.Tensor, longest: int,
-                     dropout: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+def packed_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None,
+    cu: torch.Tensor,
+    longest: int,
+    dropout: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
     """Attention within each packed sequence: (1, heads, T, dim) in, (1, T, heads, dim) out (transformers'
     attention-function layout). `dropout` (training) is applied to the attention probabilities."""
     total = query.shape[-2]
@@ -212,8 +222,9 @@ def packed_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     return out.transpose(1, 2).reshape(-1, heads, dim).index_select(0, lay.index).unsqueeze(0)
 
 
-def as_rows(hidden: torch.Tensor, attention_mask: torch.Tensor | None,
-            kwargs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+def as_rows(
+    hidden: torch.Tensor, attention_mask: torch.Tensor | None, kwargs: dict[str, Any]
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """For a layer that computes each sequence's first token alone ([CLS]-only, clsonly.py): the packed row as
     (B, longest, width) rows with their (B, 1, longest, longest) mask (the model's own mask, if any, cut to each
     sequence), and per-token keyword tensors (rotary position embeddings) laid out the same way. Each [CLS] then
@@ -224,8 +235,11 @@ def as_rows(hidden: torch.Tensor, attention_mask: torch.Tensor | None,
     if attention_mask is not None:
         own = _mask_in_layout(attention_mask, lay, total)
         mask = own & lay.keep if own.dtype == torch.bool else own.masked_fill(~lay.keep, torch.finfo(own.dtype).min)
-    per_token = {k: tuple(_rows_of(t, lay) for t in v) for k, v in kwargs.items()
-                 if isinstance(v, tuple) and v and all(torch.is_tensor(t) and t.shape[:2] == (1, total) for t in v)}
+    per_token = {
+        k: tuple(_rows_of(t, lay) for t in v)
+        for k, v in kwargs.items()
+        if isinstance(v, tuple) and v and all(torch.is_tensor(t) and t.shape[:2] == (1, total) for t in v)
+    }
     return _rows_of(hidden, lay), mask, {**kwargs, **per_token}
 
 
@@ -325,8 +339,10 @@ def _structure_problem(model: nn.Module) -> str | None:
     if getattr(config, "is_decoder", False) or getattr(config, "add_cross_attention", False):
         return "a decoder or cross-attention"
     if not getattr(model, "_supports_attention_backend", False):
-        return (f"{type(model).__name__} computes attention in its own code, not through transformers' attention "
-                f"interface, so sequences cannot be kept apart in one row")
+        return (
+            f"{type(model).__name__} computes attention in its own code, not through transformers' attention "
+            f"interface, so sequences cannot be kept apart in one row"
+        )
     attn = getattr(config, "_attn_implementation", None)
     if attn not in ("sdpa", "leantune_sdpa"):
         return f"attention implementation {attn!r} (SDPA only)"
@@ -386,8 +402,11 @@ def _probe(model: nn.Module, cls_only: bool) -> str | None:
     device = next(model.parameters()).device
     pad = getattr(model.config, "pad_token_id", None) or 0
     padded = {k: v.to(device) for k, v in DataCollatorWithPadding(pad_token_id=pad)(rows).items() if k != "labels"}
-    packed = {k: v.to(device) if torch.is_tensor(v) else v
-              for k, v in PackedCollator(position_offset(model))(rows).items() if k != "labels"}
+    packed = {
+        k: v.to(device) if torch.is_tensor(v) else v
+        for k, v in PackedCollator(position_offset(model))(rows).items()
+        if k != "labels"
+    }
     params = [p for p in model.parameters() if p.requires_grad]
     with _probing(model):
         with torch.no_grad():
@@ -401,5 +420,6 @@ def _probe(model: nn.Module, cls_only: bool) -> str | None:
         off = float((logits - full).abs().max()) if logits.shape == full.shape else f"shape {tuple(logits.shape)}"
         return f"packed batches did not give the padded batch's logits (off by {off})"
     problem = _gradient_problem(model, params, full_grads, grads)
-    return problem and problem.replace("the [CLS]-only layer did not give the full layer's", "packed batches did not "
-                                       "give the padded batch's")
+    return problem and problem.replace(
+        "the [CLS]-only layer did not give the full layer's", "packed batches did not give the padded batch's"
+    )
