@@ -373,13 +373,15 @@ def _class_names(labels: list[str], label_column: str, where: Any) -> tuple[str,
 
 
 def _class_id(v: Any, names: tuple[str, ...]) -> int | None:
-    """A label's class: by name, else an integer that is not a name indexes the classes (a label-names file)."""
+    """A label's class: by name; else, when no class is named by an integer (a label-names file, a model's
+    names), an integer indexes the classes. Classes named 1, 3, 5 make a label 0 unknown, not class "1"."""
     n = _as_number(v)
     integer = n is not None and math.isfinite(n) and n == int(n)
     key = str(int(n)) if integer else str(v).strip()
     if key in names:
         return names.index(key)
-    return int(n) if integer and 0 <= n < len(names) else None
+    named_by_integers = any(_as_number(name) is not None for name in names)
+    return int(n) if integer and 0 <= n < len(names) and not named_by_integers else None
 
 
 def _encode_labels(df, column: str, names: tuple[str, ...] | None, path) -> list[Any]:

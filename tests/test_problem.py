@@ -15,6 +15,7 @@ import torch
 from conftest import toy_rows, write_csv
 
 from leantune.cli import main
+from leantune.errors import LeantuneError
 from leantune.files import load_files
 from leantune.metrics import compute
 from leantune.problem import ProblemType
@@ -94,6 +95,17 @@ def test_integer_labels_are_class_names_unless_they_are_ids(tmp_path, labels, na
     rows = [{"text": f"t{i}", "label": v} for i, v in enumerate(labels)]
     dsd, info = load_files({"train": write_csv(tmp_path / "t.csv", rows)})
     assert info.label_names == names and dsd["train"]["label"] == ids
+
+
+def test_given_class_names_take_labels_by_name_and_integers_only_as_indexes_of_other_names(tmp_path) -> None:
+    rows = [{"text": "a", "label": 0}, {"text": "b", "label": 2}, {"text": "c", "label": "joy"}]
+    dsd, _ = load_files({"train": write_csv(tmp_path / "t.csv", rows)}, label_names=("anger", "fear", "joy"))
+    assert dsd["train"]["label"] == [0, 2, 2]  # 0 and 2 index a label-names file's classes; "joy" by name
+    with pytest.raises(LeantuneError, match="bad values on rows 1"):  # classes named 1, 3, 5: a 0 is unknown
+        load_files(
+            {"train": write_csv(tmp_path / "u.csv", [{"text": "a", "label": 0}, {"text": "b", "label": 3}])},
+            label_names=("1", "3", "5"),
+        )
 
 
 def test_a_trailing_delimiter_on_the_data_rows_is_accepted(tmp_path) -> None:
