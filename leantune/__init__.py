@@ -33,11 +33,19 @@ _EXPORTS = {
 
 
 def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'leantune' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    else:  # a submodule, e.g. leantune.config.default_model()
+        try:
+            value = importlib.import_module(f"leantune.{name}")
+        except ModuleNotFoundError:
+            raise AttributeError(f"module 'leantune' has no attribute {name!r}") from None
     globals()[name] = value
     return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
 
 
 __version__ = "0.1.0"

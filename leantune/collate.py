@@ -80,10 +80,11 @@ def row_values(features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
     first = features[0]
     for key, out_key in _ROW_KEYS.items():
         if key in first and first[key] is not None:
-            values = [f[key] for f in features]
-            # regression scores and multi-label rows (multi-hot lists) are float; class ids long
-            is_float = any(isinstance(v, (float, list)) for v in values)
-            batch[out_key] = torch.tensor(values, dtype=torch.float32 if is_float else torch.long)
+            # tensors or numpy values (a dataset in torch/numpy format) keep their kind; regression scores and
+            # multi-label rows (multi-hot) are float, class ids long
+            values = [torch.as_tensor(f[key]) for f in features]
+            stacked = torch.stack(values)
+            batch[out_key] = stacked.float() if stacked.is_floating_point() else stacked.long()
     return batch
 
 

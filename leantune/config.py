@@ -201,8 +201,8 @@ class TrainingArguments:
                 f"--save-steps {self.save_steps} has no effect with --save-strategy {self.save_strategy}: "
                 f"use --save-strategy steps, or leave --save-strategy out"
             )
-        if self.save_steps is None:
-            self.save_steps = 500
+        if self.save_steps is None and self.save_strategy == "steps":
+            self.save_steps = 500  # settled only where it agrees: replace() (multi-seed runs) checks the same again
         if self.eval_strategy is None:
             self.eval_strategy = "steps" if self.eval_steps else "epoch"
         elif self.eval_steps and self.eval_strategy != "steps":
@@ -267,7 +267,7 @@ class TrainingArguments:
             for n in ("save_total_limit", "early_stopping_patience")
             if not getattr(self, n) >= 0
         ]
-        if self.save_steps < 1:
+        if self.save_steps is not None and self.save_steps < 1:
             p.append(f"--save-steps must be >= 1, got {self.save_steps}")
         if self.eval_strategy == "no":
             p += [
@@ -332,10 +332,10 @@ class DataArguments:
         "A file with one class name per line (e.g. GoEmotions' labels.txt): the "
         "classes and their order; integer labels that are not names index into it.",
     )
-    threshold: float = arg(
-        0.5,
-        "Multi-label: a class is predicted when its probability is above this (the "
-        "GoEmotions paper uses 0.3); it changes predictions and metrics, not training.",
+    threshold: float | None = arg(
+        None,
+        "Multi-label: a class is predicted when its probability is above this (the GoEmotions paper uses 0.3; "
+        "default 0.5, or for evaluate/predict the trained run's); it changes predictions and metrics, not training.",
     )
     column_names: list[str] = arg(
         [], "The CSV/TSV files have no header row; these are their columns, e.g. --column-names text labels id."
@@ -361,7 +361,7 @@ class DataArguments:
             problems.append(
                 f"--label-delimiter makes labels sets (multi-label), not --problem-type {self.problem_type}"
             )
-        if not 0 < self.threshold < 1:
+        if self.threshold is not None and not 0 < self.threshold < 1:
             problems.append(f"--threshold must be in (0, 1), got {self.threshold}")
         if self.label_delimiter is not None and not self.label_delimiter.strip():
             problems.append("--label-delimiter: give a character that separates labels, e.g. ','")

@@ -132,10 +132,18 @@ def load_data(
     files = {"train": train_file, "validation": validation_file, "test": test_file}
     files = {k: v for k, v in files.items() if v}
     if task:
-        dsd, info = load_glue(task, data_dir)
-        if files:
-            t = get_task(task)
-            own, _ = load_files(files, text_columns or t.text_columns, label_column, t.label_names)
+        t = get_task(task)
+        given = problem_type not in (None, t.problem.kind) or label_delimiter
+        if given or (label_names and tuple(label_names) != (t.label_names or ())):
+            raise LeantuneError(
+                f"--task {t.name} fixes the labels ({t.problem.describe()}): --problem-type, --label-delimiter "
+                f"and --label-names do not apply"
+            )
+        dsd, info = load_glue(t, data_dir)
+        if files:  # the task's labels and kind, in the user's files
+            own, _ = load_files(
+                files, text_columns or t.text_columns, label_column, t.label_names, t.problem.kind, None, column_names
+            )
             dsd = DatasetDict({**dsd, **own})
         return dsd, info
     if data_dir:

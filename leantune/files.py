@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,16 @@ class DataInfo:
     """What the model needs to know about a loaded dataset: its text columns and its ProblemType."""
 
     text_columns: tuple[str, ...]
-    problem: ProblemType
+    problem: ProblemType  # (label names, or None for a regression, are accepted too: the old signature)
     task: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.problem, ProblemType):
+            object.__setattr__(self, "problem", ProblemType.of_labels(self.problem))
+
+    @property
+    def is_regression(self) -> bool:
+        return self.problem.is_regression
 
     @property
     def label_names(self) -> tuple[str, ...] | None:
@@ -92,19 +101,17 @@ def load_files(
         if label_column in df.columns
         and not (s.startswith("test") and all(_blank(v) for v in df[label_column].tolist()))
     }
-    multi = (
-        problem_type == MULTI
-        or bool(label_delimiter)
-        or any(_is_list(v) for df in labelled.values() for v in df[label_column].tolist())
-    )
+    multi = _is_multi_label(labelled, label_column, problem_type, label_delimiter, label_names)
     for split, df in frames.items():
         _check_cells(df, texts, label_column if split in labelled else None, files[split], multi)
-    if not labelled and any(not s.startswith("test") for s in frames):
-        s = next(s for s in frames if not s.startswith("test"))
+    unlabelled = [s for s in frames if s not in labelled and not s.startswith("test")]  # only a test split may be
+    if unlabelled:
+        s = unlabelled[0]
         raise LeantuneError(
             f"{files[s]}: label column {label_column!r} not found; columns are: "
             f"{column_list(frames[s].columns)} (pick one with --label-column)"
         )
+    by_index = bool(label_names)  # given classes (a label-names file, a model's): integers may index them
     # The label set comes from the training split: a label only seen in validation is an error, named.
     source = {"train": labelled["train"]} if "train" in labelled else labelled
     if multi:
@@ -117,11 +124,11 @@ def load_files(
             )
         )
         problem = ProblemType.multi_label(names)
-        encoded = {s: _encode_sets(sets[s], problem, label_column, files[s]) for s in labelled}
+        encoded = {s: _encode_sets(sets[s], problem, label_column, files[s], by_index) for s in labelled}
     else:
         names = tuple(label_names) if label_names else _infer_label_names(source, label_column, files, problem_type)
         problem = ProblemType.of_labels(names)
-        encoded = {s: _encode_labels(df, label_column, names, files[s]) for s, df in labelled.items()}
+        encoded = {s: _encode_labels(df, label_column, names, files[s], by_index) for s, df in labelled.items()}
     feats = Features({**{c: Value("string") for c in texts}, "label": problem.label_feature(), "idx": Value("int32")})
     splits = {}
     for split, df in frames.items():
@@ -129,6 +136,20 @@ def load_files(
         data = {c: [_text(v) for v in df[c].tolist()] for c in texts}
         splits[split] = Dataset.from_dict({**data, "label": labels, "idx": list(range(len(df)))}, feats)
     return DatasetDict(splits), DataInfo(texts, problem)
+
+
+def _is_multi_label(
+    labelled: dict, column: str, problem_type: str | None, delimiter: str | None, label_names: Any
+) -> bool:
+    """Sets of labels (lists, or a delimiter) make a multi-label problem; a --problem-type that says otherwise
+    is an error, not overruled."""
+    lists = any(_is_list(v) for df in labelled.values() for v in df[column].tolist())
+    if problem_type is not None and problem_type != MULTI and (lists or delimiter):
+        why = "the label column holds lists" if lists else "--label-delimiter makes labels sets"
+        raise LeantuneError(f"--problem-type {problem_type}: {why} (multi_label_classification)")
+    if problem_type == REGRESSION and label_names:
+        raise LeantuneError("--label-names names classes; a regression (--problem-type regression) has none")
+    return problem_type == MULTI or lists or bool(delimiter)
 
 
 def _read_table(path: Path, column_names: list[str] | tuple[str, ...] | None = None):
@@ -345,16 +366,15 @@ def _infer_label_names(
         raise LeantuneError(
             f"{where}: column {label_column!r} must be numbers for a regression; bad values on rows {few(bad)}"
         )
-    return _class_names([str(v).strip() for v in values], label_column, where)
+    return _class_names([_label_key(v) for v in values], label_column, where)
 
 
 def _class_names(labels: list[str], label_column: str, where: Any) -> tuple[str, ...]:
     """The sorted distinct labels: integers in numeric order (labels 1..5 make 5 classes, not a 6-way head
-    with an unused class 0), other names in string order."""
+    with an unused class 0), other names (zero-padded codes too) in string order."""
     distinct = set(labels)
-    numbers = {v: _as_number(v) for v in distinct}
-    if distinct and all(n is not None and math.isfinite(n) and n == int(n) for n in numbers.values()):
-        names = tuple(str(i) for i in sorted({int(n) for n in numbers.values()}))
+    if distinct and all(re.fullmatch(r"-?(0|[1-9][0-9]*)", v) for v in distinct):
+        names = tuple(sorted(distinct, key=int))
     else:
         names = tuple(sorted(distinct))
     if len(names) > MAX_CLASSES:
@@ -372,19 +392,32 @@ def _class_names(labels: list[str], label_column: str, where: Any) -> tuple[str,
     return names
 
 
-def _class_id(v: Any, names: tuple[str, ...]) -> int | None:
-    """A label's class: by name; else, when no class is named by an integer (a label-names file, a model's
-    names), an integer indexes the classes. Classes named 1, 3, 5 make a label 0 unknown, not class "1"."""
-    n = _as_number(v)
-    integer = n is not None and math.isfinite(n) and n == int(n)
-    key = str(int(n)) if integer else str(v).strip()
+def _label_key(v: Any) -> str:
+    """A label as a class name: a number's integral value as an integer (1.0 from a float column is "1"), any
+    other value as its text (zero-padded codes such as "01" stay as they are)."""
+    import numpy as np
+
+    numeric = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+    if numeric and math.isfinite(v) and v == int(v):
+        return str(int(v))
+    return str(v).strip()
+
+
+def _class_id(v: Any, names: tuple[str, ...], by_index: bool = False) -> int | None:
+    """A label's class by its name (as written, else as an integer: "1.0" is class "1"); with `by_index` (the
+    classes were given, not read from the data) and no class named by an integer, an integer indexes them."""
+    key = _label_key(v)
     if key in names:
         return names.index(key)
+    n = _as_number(v)
+    integer = n is not None and math.isfinite(n) and n == int(n)
+    if integer and str(int(n)) in names:
+        return names.index(str(int(n)))
     named_by_integers = any(_as_number(name) is not None for name in names)
-    return int(n) if integer and 0 <= n < len(names) and not named_by_integers else None
+    return int(n) if by_index and integer and 0 <= n < len(names) and not named_by_integers else None
 
 
-def _encode_labels(df, column: str, names: tuple[str, ...] | None, path) -> list[Any]:
+def _encode_labels(df, column: str, names: tuple[str, ...] | None, path, by_index: bool = False) -> list[Any]:
     out: list[Any] = []
     bad: list[int] = []
     for i, v in enumerate(df[column].tolist()):
@@ -393,7 +426,7 @@ def _encode_labels(df, column: str, names: tuple[str, ...] | None, path) -> list
             ok = n is not None and math.isfinite(n)
             out.append(n if ok else 0.0)
         else:
-            k = _class_id(v, names)
+            k = _class_id(v, names, by_index)
             ok = k is not None
             out.append(-1 if k is None else k)
         if not ok:
@@ -407,9 +440,13 @@ def _encode_labels(df, column: str, names: tuple[str, ...] | None, path) -> list
 def _label_sets(df, column: str, delimiter: str | None, path) -> list[list[str]]:
     """Each row's labels as strings: a list cell's items, or a string cell split at `delimiter`."""
     out = []
-    for v in df[column].tolist():
+    for i, v in enumerate(df[column].tolist()):
         if _is_list(v):
-            out.append([str(x).strip() for x in v])
+            if any(x is None or _is_list(x) or isinstance(x, dict) for x in v):
+                raise LeantuneError(
+                    f"{path}: column {column!r} has a null or a nested value inside its list on row {i + 1}"
+                )
+            out.append([_label_key(x) for x in v])
         elif delimiter:
             out.append([x.strip() for x in str(v).split(delimiter) if x.strip()])
         else:
@@ -417,10 +454,12 @@ def _label_sets(df, column: str, delimiter: str | None, path) -> list[list[str]]
     return out
 
 
-def _encode_sets(sets: list[list[str]], problem: ProblemType, column: str, path) -> list[list[float]]:
+def _encode_sets(
+    sets: list[list[str]], problem: ProblemType, column: str, path, by_index: bool = False
+) -> list[list[float]]:
     names, bad, out = problem.label_names, [], []
     for i, labels in enumerate(sets):
-        ids = [_class_id(x, names) for x in labels]
+        ids = [_class_id(x, names, by_index) for x in labels]
         if any(k is None for k in ids):
             bad.append(i + 1)
             continue

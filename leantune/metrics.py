@@ -144,6 +144,8 @@ def build_compute_metrics(
     `num_labels` classes, or a regression)."""
     from leantune.problem import ProblemType
 
+    if problem is None and task:
+        problem = get_task(task).problem
     if problem is None:
         problem = ProblemType.of_labels(None if is_regression else [str(i) for i in range(num_labels)])
     return problem.compute_metrics(task)

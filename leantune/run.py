@@ -62,7 +62,7 @@ def _can_create_in(directory: Path) -> bool:
     return True
 
 
-def prepare(data_args: DataArguments, problem: ProblemType | None = None):
+def prepare(data_args: DataArguments, problem: ProblemType | None = None, threshold: float | None = None):
     """Load and tokenize the data; returns (tokenized splits, DataInfo, tokenizer, raw splits). `problem`: a
     trained model's (its classes and their order), else the data's and the flags'.
 
@@ -84,7 +84,8 @@ def prepare(data_args: DataArguments, problem: ProblemType | None = None):
         d.label_delimiter,
         d.column_names or None,
     )
-    info = dataclasses.replace(info, problem=dataclasses.replace(info.problem, threshold=d.threshold))
+    threshold = threshold or d.threshold or 0.5
+    info = dataclasses.replace(info, problem=dataclasses.replace(info.problem, threshold=threshold))
     tokenizer = load_tokenizer(d.model)
     tokenized = tokenize(
         dsd, tokenizer, info.text_columns, d.max_length or None, d.preprocessing_num_workers or None, d.cache_dir
@@ -113,8 +114,15 @@ def train(data_args: DataArguments, args: TrainingArguments) -> tuple[TrainOutpu
     evals = eval_splits(dsd)
     if args.eval_strategy != "no" and not evals:
         raise LeantuneError("no validation data to evaluate on: give --validation-file, or --eval-strategy no")
-    if args.metric_for_best_model is None and info.task:
-        args.metric_for_best_model = info.problem.main_metric(info.task)
+    if (
+        args.metric_for_best_model is None
+        and info.task
+        and (args.load_best_model_at_end or args.early_stopping_patience)
+    ):
+        # a copy: the caller's arguments are theirs (multi-seed runs replace() them again)
+        args = dataclasses.replace(args, metric_for_best_model=info.problem.main_metric(info.task))
+    if checkpoint is not None:
+        _check_checkpoint_head(checkpoint, info.problem)
     set_seed(args.seed)  # before the new classification head is drawn: --seed fixes its init too
     model = load_model(data_args.model, info.problem)
     trainer = Trainer(
@@ -157,17 +165,48 @@ def _trained(data_args: DataArguments, args: TrainingArguments) -> tuple[Trainer
 
     load_tokenizer(data_args.model)  # checks the path first, with our message
     problem = ProblemType.of_model(AutoConfig.from_pretrained(data_args.model))
-    problem = dataclasses.replace(problem, threshold=data_args.threshold)
-    dsd, info, tokenizer, _ = prepare(data_args, problem)
-    if info.problem != problem:
+    threshold = data_args.threshold or _trained_threshold(Path(data_args.model))
+    # a head that was never fine-tuned names its classes LABEL_0, LABEL_1...: the data's names are the classes
+    generic = all(n == f"LABEL_{i}" for i, n in enumerate(problem.label_names)) and not problem.is_regression
+    dsd, info, tokenizer, _ = prepare(data_args, None if generic else problem, threshold)
+    same = (info.problem.kind, info.problem.num_labels) == (problem.kind, problem.num_labels)
+    if not same or (not generic and info.problem.label_names != problem.label_names):
         raise LeantuneError(
-            f"--model {data_args.model} is a {problem.kind} model with {problem.num_labels} outputs "
-            f"but the data is {info.problem.kind} with labels {list(info.problem.label_names)}"
+            f"--model {data_args.model} is {problem.describe()} ({problem.num_labels} outputs, "
+            f"{problem.kind}) but the data is {info.problem.describe()} ({info.problem.kind})"
         )
-    model = load_model(data_args.model, problem, quiet=False)
-    trainer = Trainer(model, args, processing_class=tokenizer, compute_metrics=problem.compute_metrics(info.task))
+    model = load_model(data_args.model, info.problem, quiet=False)
+    trainer = Trainer(model, args, processing_class=tokenizer, compute_metrics=info.problem.compute_metrics(info.task))
+    trainer.log.files = False  # evaluate/predict write their own files, never a run's log.jsonl or metrics.json
     trainer.log.info(f"process: {process_line()}")  # after the input checks: a bad input still gets one line
     return trainer, info, dsd
+
+
+def _trained_threshold(model_dir: Path) -> float | None:
+    """The multi-label threshold the run beside the model used (its leantune_config.json), if there is one."""
+    import json
+
+    try:
+        record = json.loads((model_dir / CONFIG_FILE).read_text()).get("problem") or {}
+    except (OSError, ValueError):
+        return None
+    return record.get("threshold")
+
+
+def _check_checkpoint_head(checkpoint: Path, problem: ProblemType) -> None:
+    """A checkpoint's head must be the data's (its classes, in order): else resuming would load a head of
+    another size (a traceback) or, worse, of the same size with the classes in another order."""
+    from transformers import AutoConfig
+
+    try:
+        saved = ProblemType.of_model(AutoConfig.from_pretrained(checkpoint))
+    except (OSError, ValueError):
+        return  # verify_checkpoint names what is wrong with the checkpoint's files
+    if (saved.kind, saved.label_names) != (problem.kind, problem.label_names):
+        raise LeantuneError(
+            f"{checkpoint}: it was trained for {saved.describe()} ({saved.kind}), but the data is "
+            f"{problem.describe()} ({problem.kind})"
+        )
 
 
 def _split(dsd: Any, split: str) -> Any:

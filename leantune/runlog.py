@@ -36,6 +36,7 @@ class RunLog:
         self.tensorboard = TensorBoardWriter(self.dir / "runs") if report_to == "tensorboard" and enabled else None
         self.history: list[dict[str, Any]] = []
         self._started = False
+        self.files = True  # log.jsonl and metrics.json; evaluate/predict write only their own metrics file
 
     def info(self, msg: str) -> None:
         if self.enabled:
@@ -57,6 +58,8 @@ class RunLog:
                 if k != "kind" and not k.endswith(("_runtime", "_samples_per_second"))
             }
             self.info(f"{kind}: " + " ".join(f"{k}={v}" for k, v in shown.items()))
+        if not self.files:
+            return
         self.dir.mkdir(parents=True, exist_ok=True)
         with open(self.dir / "log.jsonl", "a" if self._started else "w") as f:
             f.write(json.dumps(rec) + "\n")

@@ -24,6 +24,10 @@ class HasLabels:
     def num_labels(self) -> int:
         return self.problem.num_labels
 
+    @property
+    def is_regression(self) -> bool:
+        return self.problem.is_regression
+
 
 @dataclass(frozen=True)
 class GlueTask(HasLabels):

@@ -263,6 +263,64 @@ CASES = [
         "null.parquet: column 'label' is empty on rows 2",
     ),
     Case(
+        "a training file without labels beside a labelled one",
+        lambda c: _train(
+            c,
+            "--validation-file",
+            c.file("dev.csv", "text,label\na,1\nb,0\n"),
+            train=c.file("nolabel.csv", "text\na\nb\n"),
+        ),
+        "nolabel.csv: label column 'label' not found",
+    ),
+    Case(
+        "integers where the training labels are names",  # not guessed as indexes of the sorted names
+        lambda c: _train(
+            c,
+            "--validation-file",
+            c.file("dev.csv", "text,label\na,1\nb,0\n"),
+            train=c.file("names.csv", "text,label\na,pos\nb,neg\n"),
+        ),
+        "dev.csv: column 'label' must be one of ['neg', 'pos']; bad values on rows 1, 2",
+    ),
+    Case(
+        "--problem-type contradicting list labels",
+        lambda c: _train(
+            c,
+            "--problem-type",
+            "regression",
+            train=c.file("l.jsonl", '{"text": "a", "label": ["x"]}\n{"text": "b", "label": ["y"]}\n'),
+        ),
+        "--problem-type regression: the label column holds lists (multi_label_classification)",
+    ),
+    Case(
+        "--task with --label-delimiter",
+        lambda c: [
+            "--model",
+            c.model,
+            "--task",
+            "mrpc",
+            "--data-dir",
+            _glue_dir(c, "1"),
+            "--label-delimiter",
+            ",",
+            "--output-dir",
+            c.out,
+        ],
+        "--task mrpc fixes the labels (labels not_equivalent, equivalent): --problem-type, --label-delimiter",
+    ),
+    Case(
+        "resuming a checkpoint whose head is for other classes",
+        lambda c: _train(
+            c,
+            "--resume",
+            str(c.run / "checkpoint-4"),
+            train=c.file(
+                "abc.csv", "sentence1,sentence2,label\n" + "".join(f"s{i},t{i},{'abc'[i % 3]}\n" for i in range(32))
+            ),
+        ),
+        "checkpoint-4: it was trained for labels 0, 1 (single_label_classification), but the data is labels a, b, c",
+    ),
+    Case(
         "a single class",
         lambda c: _data(c, "one.csv", "text,label\na,pos\nb,pos\n"),
         "one.csv: column 'label' has a single class ('pos') in every row: a classifier needs at least two",

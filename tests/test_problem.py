@@ -108,6 +108,67 @@ def test_given_class_names_take_labels_by_name_and_integers_only_as_indexes_of_o
         )
 
 
+def test_zero_padded_codes_and_float_integers_are_class_names(tmp_path) -> None:
+    rows = [{"text": "a", "label": "01"}, {"text": "b", "label": "02"}, {"text": "c", "label": "other"}]
+    dsd, info = load_files({"train": write_csv(tmp_path / "t.csv", rows)})
+    assert info.label_names == ("01", "02", "other") and dsd["train"]["label"] == [0, 1, 2]
+    jsonl = _file(tmp_path, "f.jsonl", '{"text": "a", "label": 1.0}\n{"text": "b", "label": 2.0}\n')
+    assert load_files({"train": jsonl})[1].label_names == ("1", "2")
+
+
+def test_arguments_can_be_replaced_as_multi_seed_runs_do() -> None:
+    import dataclasses
+
+    from leantune.config import TrainingArguments
+
+    args = TrainingArguments("x")
+    assert dataclasses.replace(args, seed=3).save_strategy == "no"
+    steps = TrainingArguments("x", save_steps=8)
+    assert dataclasses.replace(steps, seed=3).save_steps == 8
+
+
+def test_the_python_api_of_before_still_works() -> None:
+    import leantune
+    from leantune.files import DataInfo
+    from leantune.metrics import build_compute_metrics
+
+    assert leantune.config.default_model()  # submodules through the package, as the README writes it
+    assert DataInfo(("text",), ("neg", "pos")).problem == ProblemType.single_label(("neg", "pos"))
+    assert DataInfo(("text",), None).is_regression
+    stsb = build_compute_metrics("stsb")((np.array([[1.0], [2.0], [3.5]]), np.array([1.0, 2.5, 3.0])))
+    assert stsb["spearmanr"] == 1.0  # the task's kind: a regression, not an argmax over one output
+
+
+def test_torch_formatted_float_labels_collate_as_floats() -> None:
+    from leantune.collate import row_values
+
+    assert row_values([{"labels": torch.tensor(1.5)}, {"labels": torch.tensor(2.0)}])["labels"].dtype == torch.float32
+    hot = row_values([{"label": torch.tensor([1.0, 0.0])}, {"label": torch.tensor([0.0, 1.0])}])["labels"]
+    assert hot.tolist() == [[1.0, 0.0], [0.0, 1.0]]
+    assert row_values([{"label": np.int64(1)}, {"label": 0}])["labels"].dtype == torch.long
+
+
+def test_an_untrained_head_evaluates_on_a_task(tiny_bert, mrpc_dir, tmp_path) -> None:
+    # a head never fine-tuned names its classes LABEL_0, LABEL_1: the task's names are taken, not refused
+    code = main(
+        [
+            "evaluate",
+            "--model",
+            tiny_bert,
+            "--task",
+            "mrpc",
+            "--data-dir",
+            str(mrpc_dir),
+            "--quiet",
+            "--max-eval-samples",
+            "16",
+            "--output-dir",
+            str(tmp_path / "e"),
+        ]
+    )
+    assert code == 0 and json.loads((tmp_path / "e" / "eval_validation_metrics.json").read_text())["eval_samples"] == 16
+
+
 def test_a_trailing_delimiter_on_the_data_rows_is_accepted(tmp_path) -> None:
     path = _file(tmp_path, "t.tsv", "sentence1\tsentence2\tlabel\na\tb\t1\t\nc\td\t0\t\n")
     dsd, info = load_files({"train": path})
@@ -242,13 +303,15 @@ def test_multi_label_end_to_end_train_evaluate_predict_report(tiny_bert, tmp_pat
                 str(out),
                 "--epochs",
                 "2",
+                "--threshold",
+                "0.4",
                 *flags,
             ]
         )
         == 0
     )
     config = json.loads((out / "leantune_config.json").read_text())
-    assert config["problem"] == {"problem_type": "multi_label_classification", "labels": names, "threshold": 0.5}
+    assert config["problem"] == {"problem_type": "multi_label_classification", "labels": names, "threshold": 0.4}
     evals = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines() if '"eval"' in x]
     assert {"eval_macro_f1", "eval_micro_f1", "eval_subset_accuracy"} <= set(evals[-1])
     assert (out / "per_label_f1.png").exists() and "per-class F1" in (out / "report.html").read_text()
@@ -265,7 +328,13 @@ def test_multi_label_end_to_end_train_evaluate_predict_report(tiny_bert, tmp_pat
     assert all(set(filter(None, r.split("\t")[1].split(","))) <= set(names) for r in rows[1:])
     probs = (pred / "probabilities.tsv").read_text().splitlines()
     assert probs[0].split("\t") == ["index", *names]
-    assert main(["evaluate", "--model", str(out), "--validation-file", str(tmp_path / "dev.tsv"), *flags]) == 0
+    # evaluate: the trained run's threshold, the same metrics as its last evaluation; the run's files untouched
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    dev = str(tmp_path / "dev.tsv")
+    assert main(["evaluate", "--model", str(out), "--validation-file", dev, "--output-dir", str(out), *flags]) == 0
+    again = json.loads((out / "eval_validation_metrics.json").read_text())
+    assert again["eval_macro_f1"] == pytest.approx(evals[-1]["eval_macro_f1"])
+    assert all((out / name).read_bytes() == data for name, data in before.items())
 
 
 def test_ctrl_c_while_the_command_starts_is_one_line_and_exit_130(tmp_path) -> None:
