@@ -166,9 +166,10 @@ def _trained(data_args: DataArguments, args: TrainingArguments) -> tuple[Trainer
     load_tokenizer(data_args.model)  # checks the path first, with our message
     problem = ProblemType.of_model(AutoConfig.from_pretrained(data_args.model))
     threshold = data_args.threshold or _trained_threshold(Path(data_args.model))
-    # a head that was never fine-tuned names its classes LABEL_0, LABEL_1...: the data's names are the classes
+    # A head never fine-tuned names its classes LABEL_0, LABEL_1...: with a --task, the task's names are the
+    # classes; with files, integer labels index them (LABEL_i is class i).
     generic = all(n == f"LABEL_{i}" for i, n in enumerate(problem.label_names)) and not problem.is_regression
-    dsd, info, tokenizer, _ = prepare(data_args, None if generic else problem, threshold)
+    dsd, info, tokenizer, _ = prepare(data_args, None if generic and data_args.task else problem, threshold)
     same = (info.problem.kind, info.problem.num_labels) == (problem.kind, problem.num_labels)
     if not same or (not generic and info.problem.label_names != problem.label_names):
         raise LeantuneError(
