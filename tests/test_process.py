@@ -1,6 +1,9 @@
 """Process-wide settings (leantune/speed/process.py): made only by tune_process(), before the first matrix
 multiply, and never by importing leantune or training. Every check compares a process with the setting to
-one without it, on whatever CPU this is: no header text or page-fault count of one machine is assumed."""
+one without it, on whatever CPU this is: no header text or page-fault count of one machine is assumed.
+
+The tuned child loads leantune's trainer before tune_process(), as the command does: made right after
+`import torch` alone, glibc's thresholds did not keep 64 MB blocks mapped here (see speed/process.py)."""
 
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ result = {}
 if mode == "matmul-first":
     torch.randn(64, 64) @ torch.randn(64, 64)
 if mode in ("tune", "matmul-first"):
+    import leantune.trainer  # as the leantune command: its libraries are loaded when it tunes
     from leantune import tune_process
     result["tuning"] = tune_process()
 if mode == "train":  # the library as a user's script uses it: import, build, train; no tune_process()
