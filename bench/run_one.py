@@ -280,6 +280,7 @@ def main():
     # first thing, before this process's first matrix multiply (MKL picks its code path there)
     tuning_args, tuning = tuning_of(args.system), None
     if tuning_args is not None:
+        import leantune.trainer  # noqa: F401 -- loaded first, as the leantune command does (see speed/process.py)
         from leantune.speed.process import tune_process
 
         tuning = tune_process(**tuning_args)
