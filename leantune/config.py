@@ -78,9 +78,9 @@ class TrainingArguments:
     bf16: bool = arg(False, "bf16 mixed precision (GPUs with bf16; CPUs with AVX512-BF16 or AMX).")
     group_by_length: bool = arg(
         False,
-        "Batch examples of similar length together (opt-in). Not plain shuffling's "
-        "random batches: the gradients, and so the results, differ (see "
-        "BENCHMARKS.md for the measured effect on dev scores).",
+        "Batch examples of similar length together (opt-in). Not plain shuffling's random batches: the gradients "
+        "and the results differ. Measured (BENCHMARKS.md, 3-5 seeds): -1.0 and -0.8 pooled sd below the HF "
+        "Trainer on MRPC-1000 and GoEmotions-3000, +1.0 on MRPC-500; 1.13x the speed of packed batches.",
     )
     packed_batches: bool = arg(
         True,
