@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from leantune.speed import packing
+from leantune.speed.decision import probed
 
 ATTENTION = {"eager", "sdpa", "leantune_sdpa"}
 _DECISION = "_leantune_cls_only"  # attribute caching the probes' answer on the model
@@ -306,17 +307,7 @@ def why_not(model: nn.Module) -> str | None:
     problem = _structure_problem(model)
     if problem:
         return problem
-    key = _fingerprint(model)
-    cached = model.__dict__.get(_DECISION)
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    try:
-        problem = _probe(model)
-    except Exception as e:  # noqa: BLE001 -- any model the probe cannot run (other inputs, outputs): not proven, so off
-        first = (str(e).splitlines() or [""])[0][:120]
-        problem = f"the probe could not run this model ({type(e).__name__}: {first})"
-    object.__setattr__(model, _DECISION, (key, problem))
-    return problem
+    return probed(model, _DECISION, _fingerprint(model), lambda: _probe(model), "the probe")
 
 
 def _probe_batch(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -39,6 +39,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from leantune.speed.decision import probed
+
 _DECISION = "_leantune_packing"  # attribute caching the probe's answer on the model
 _STACK_ENDS = ("encoder", "transformer", "final_norm")  # where a base model's sequence of hidden states ends
 PACKED_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
@@ -364,16 +366,7 @@ def why_not(model: nn.Module, cls_only: bool = False) -> str | None:
     if problem:
         return problem
     key = _fingerprint(model), cls_only, model.config.to_json_string(use_diff=False)
-    cached = model.__dict__.get(_DECISION)
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    try:
-        problem = _probe(model, cls_only)
-    except Exception as e:  # noqa: BLE001 -- any model the probe cannot run: not proven, so off
-        first = (str(e).splitlines() or [""])[0][:120]
-        problem = f"the probe could not run this model packed ({type(e).__name__}: {first})"
-    object.__setattr__(model, _DECISION, (key, problem))
-    return problem
+    return probed(model, _DECISION, key, lambda: _probe(model, cls_only), "the packed-batches probe")
 
 
 def _probe_rows(model: nn.Module) -> list[dict[str, list[int]]]:
