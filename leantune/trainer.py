@@ -116,14 +116,11 @@ class Trainer(EvaluationLoop):
         self._graphs = can_use_cuda_graphs(self.args.cuda_graphs, self.accelerator, self.args.torch_compile)
         # CUDA graphs want few distinct shapes: batch lengths in steps of GraphedStep's bucket
         bucket = BUCKET if self._graphs else None
-        self._own_collator = False
         self.data_collator = data_collator or DataCollatorWithPadding(
             self.processing_class,
             pad_token_id=None if self.processing_class else self._pad_id,
             pad_to_multiple_of=self.args.pad_to_multiple_of or bucket,
         )
-        # training batches may be packed (speed/packing.py) where this collator's would be plain right padding
-        self._own_collator = replaces(self.data_collator)
         self.compute_metrics = compute_metrics
         self.global_step, self.epoch = 0, 0.0
         self.log = RunLog(
@@ -152,7 +149,8 @@ class Trainer(EvaluationLoop):
             self.train_dataset,
             self.accelerator,
             [getattr(self.data_collator, "pad_token_id", None)],
-            own_collator=self._own_collator,
+            # packed (speed/packing.py) only where the collator's batches would be plain right padding
+            own_collator=replaces(self.data_collator),
         )
         self.speed = decide(levers, self.model, self.args)
         self.log.info(f"speed levers: {summary(self.speed)}; process: {process_line()}")
