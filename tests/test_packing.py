@@ -4,6 +4,9 @@ padded in test_zoo.py."""
 
 from __future__ import annotations
 
+import itertools
+import random
+
 import pytest
 import torch
 from conftest import toy_rows
@@ -12,8 +15,9 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Bert
 
 from leantune import Trainer, TrainingArguments, tokenize
 from leantune.collate import DataCollatorWithPadding
-from leantune.speed import packing
-from leantune.speed.packing import PackedCollator, packed_attention, packed_batches
+from leantune.speed import packing, varlen
+from leantune.speed.packing import PackedCollator, packed_batches
+from leantune.speed.varlen import packed_attention
 
 
 def _rows() -> list[dict]:
@@ -59,9 +63,42 @@ def _attention_both_ways(mask: torch.Tensor | None) -> tuple[torch.Tensor, torch
     return packed, alone, projection, list(zip(packed_grads, alone_grads))
 
 
+def test_plan_cuts_the_sorted_lengths_where_it_costs_least() -> None:
+    assert varlen.plan([5, 100, 6, 98], block_cost=0) == [[1], [3], [2], [0]]  # alone: no padding at all
+    assert varlen.plan([5, 100, 6, 98], block_cost=1100) == [[1, 3], [2, 0]]  # like with like
+    assert varlen.plan([5, 100, 6, 98], block_cost=10**9) == [[1, 3, 2, 0]]  # one block
+    # against every way of cutting the sorted lengths into runs
+    rng = random.Random(0)
+    for _ in range(20):
+        lengths = [rng.randint(1, 128) for _ in range(rng.randint(1, 8))]
+        size = sorted(lengths, reverse=True)
+        best = min(
+            sum(len(run) * run[0] ** 2 + 1100 for run in _runs(size, cuts))
+            for cuts in itertools.product([False, True], repeat=len(size) - 1)
+        )
+        blocks = varlen.plan(lengths, block_cost=1100)
+        assert sorted(i for b in blocks for i in b) == list(range(len(lengths)))
+        assert sum(len(b) * lengths[b[0]] ** 2 + 1100 for b in blocks) == best
+
+
+def _runs(size: list[int], cuts: tuple[bool, ...]) -> list[list[int]]:
+    runs = [[size[0]]]
+    for cut, x in zip(cuts, size[1:]):
+        runs.append([x]) if cut else runs[-1].append(x)
+    return runs
+
+
+# block costs: every sequence alone, two blocks (lengths 3, 5, 2: [5], [3, 2]), the default, one block
+BLOCK_COSTS = [0, 6, varlen.BLOCK_COST, 10**9]
+
+
+@pytest.mark.parametrize("block_cost", BLOCK_COSTS)
 @pytest.mark.parametrize("window", [None, 1])
-def test_packed_attention_equals_attention_within_each_sequence(window: int | None) -> None:
+def test_packed_attention_equals_attention_within_each_sequence(
+    window: int | None, block_cost: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # window: a sliding-window mask over the packed row (ModernBERT's local layers), cut to each sequence
+    monkeypatch.setattr(varlen, "BLOCK_COST", block_cost)
     mask = None
     if window is not None:
         i = torch.arange(10)
@@ -73,9 +110,16 @@ def test_packed_attention_equals_attention_within_each_sequence(window: int | No
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_packed_attention_in_training_applies_the_dropout_to_each_sequences_probabilities() -> None:
+@pytest.mark.parametrize(
+    ("block_cost", "shapes"),
+    [(0, [(1, 2, 5, 5), (1, 2, 3, 3), (1, 2, 2, 2)]), (6, [(1, 2, 5, 5), (2, 2, 3, 3)]), (10**9, [(3, 2, 5, 5)])],
+)
+def test_packed_attention_in_training_applies_the_dropout_to_each_sequences_probabilities(
+    block_cost: int, shapes: list[tuple[int, ...]], monkeypatch: pytest.MonkeyPatch
+) -> None:
     # the training path (scores, mask, softmax, then the caller's dropout): with a "dropout" that doubles the
     # probabilities, the output is twice attention within each sequence
+    monkeypatch.setattr(varlen, "BLOCK_COST", block_cost)
     _, alone, _, _ = _attention_both_ways(None)
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 2, 10, 4, generator=g, requires_grad=True) for _ in range(3))
@@ -88,7 +132,8 @@ def test_packed_attention_in_training_applies_the_dropout_to_each_sequences_prob
 
     out = packed_attention(q, k, v, None, None, cu, 5, dropout=double)
     torch.testing.assert_close(out, 2 * alone.detach(), rtol=1e-5, atol=1e-6)
-    assert seen[0].shape == (3, 2, 5, 5)  # one (longest x longest) block per sequence, as in the padded batch
+    # blocks of (n, heads, longest, longest) probabilities: the longest first
+    assert [tuple(p.shape) for p in seen] == shapes
 
 
 def _tiny(attn: str = "sdpa", **config) -> BertForSequenceClassification:

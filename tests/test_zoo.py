@@ -29,6 +29,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
 from leantune import Trainer, TrainingArguments, tokenize
+from leantune.speed import varlen
 
 # The common size of every family: small enough that a training step takes milliseconds.
 SIZE = 32
@@ -240,10 +241,19 @@ def _moved(trained: dict[str, torch.Tensor], initial: PreTrainedModel) -> float:
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_speed_levers_train_the_same_weights(zoo: Zoo, family: str, tmp_path: Path) -> None:
+def test_speed_levers_train_the_same_weights(
+    zoo: Zoo, family: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # the optimizer stays at its default in both runs: the clip fold into it is tested below.
+    # Packed attention in blocks of like lengths (varlen.plan): a block cost low enough for the toy pairs'
+    # 9-33 tokens to make several blocks, some of several sequences; counted, so the test sees it happen.
+    monkeypatch.setattr(varlen, "BLOCK_COST", 100)
+    blocks: list[list[list[int]]] = []
+    monkeypatch.setattr(varlen, "plan", lambda lengths, plan=varlen.plan: blocks.append(plan(lengths)) or blocks[-1])
     decisions: dict[str, bool] = {}
     on = _train(zoo, family, tmp_path / "on", decisions)
+    if decisions["packed_batches"]:
+        assert any(len(b) > 1 and any(len(x) > 1 for x in b) for b in blocks)
     off = _train(zoo, family, tmp_path / "off", **SPEED_OFF)
     # packed batches (one row, no padding) against padded ones: every family whose attention goes through
     # transformers' attention interface, with a head that reads [CLS]

@@ -22,7 +22,7 @@ output leaves the logits as they are (the head reads position 0 alone: a pooler 
 fails here), and the [CLS]-only layer gives the full layer's logits and every parameter's gradient (a
 path that is zero at init but would train differently fails here). A probe that cannot run means off. A model set to return hidden states
 or attentions is refused; a single call asking for them runs the full layer. A packed row (packing.py) is
-laid out as one row per sequence first (`packing.as_rows`), so each [CLS] attends over its own sequence.
+laid out as one row per sequence first (`varlen.as_rows`), so each [CLS] attends over its own sequence.
 
     with cls_only_last_layer(model):   # patches the last layer's forward, then restores it
         logits = model(**batch).logits
@@ -37,7 +37,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from leantune.speed import packing
+from leantune.speed import varlen
 from leantune.speed.decision import probed
 
 ATTENTION = {"eager", "sdpa", "leantune_sdpa"}
@@ -477,7 +477,7 @@ def _patched(model: nn.Module) -> Iterator[None]:
         if wants_all["on"]:
             return full_forward(layer, hidden_states, attention_mask, *args, **kwargs)
         if kwargs.get("cu_seq_lens_q") is not None:  # a packed row: each sequence in its own row first
-            hidden_states, attention_mask, kwargs = packing.as_rows(hidden_states, attention_mask, kwargs)
+            hidden_states, attention_mask, kwargs = varlen.as_rows(hidden_states, attention_mask, kwargs)
         return form.forward(layer, hidden_states, _mask_for_cls(attention_mask), *args, **kwargs)
 
     setattr(forward, _PATCH_MARK, True)

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from leantune.speed import kernels
-from leantune.speed.packing import packed_attention
+from leantune.speed.varlen import packed_attention
 
 ATTN_NAME = "leantune_sdpa"
 

@@ -7,10 +7,9 @@ sequence (from the model's own first position: RoBERTa's count from pad + 1), an
 boundaries travel as FlashAttention's varlen arguments (`cu_seq_lens_q/k`, `max_length_q/k`), which
 transformers passes through the model to its attention function untouched.
 
-Attention is confined to each sequence: `packed_attention` scatters each sequence's queries, keys and values
-into a (B, heads, longest, dim) layout, runs attention there with the padded keys masked, and gathers the
-real rows back (a mask the model makes over the packed row is gathered into the same layout). So attention
-costs what it costs for the padded batch, and everything else costs T tokens. At the end of the encoder the packed row is cut back to one row per sequence (each sequence's
+Attention is confined to each sequence (varlen.py): each sequence's queries, keys and values are scattered
+into padded blocks of sequences of similar length, attended there with the padded keys masked, and the real
+rows gathered back. So only attention pays for (a little) padding, and everything else costs T tokens. At the end of the encoder the packed row is cut back to one row per sequence (each sequence's
 [CLS], position 0 of its own row), so the head, the pooler and the loss see what they see for a padded
 batch, and give the same logits, loss and gradients to fp32 rounding.
 
@@ -33,12 +32,13 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
+from leantune.speed import varlen
 from leantune.speed.decision import probed
 
 _DECISION = "_leantune_packing"  # attribute caching the probe's answer on the model
@@ -147,111 +147,6 @@ def position_offset(model: nn.Module) -> int:
     return 0 if pad is None else pad + 1
 
 
-# --------------------------------------------------------------------------------------------- attention
-class Layout(NamedTuple):
-    """Where each packed token sits in the (B, longest) layout, and which slots there are real."""
-
-    index: torch.Tensor  # (T,): sequence * longest + offset in the sequence
-    keep: torch.Tensor  # (B, 1, 1, longest) bool: a real token
-    starts: torch.Tensor  # (B,) each sequence's first token in the packed row
-    longest: int
-
-
-_last_layout: tuple[torch.Tensor, Layout] | None = None  # every layer of a forward gets the same offsets
-
-
-def layout(cu: torch.Tensor, longest: int, total: int) -> Layout:
-    """The layout of the offsets `cu` (computed on their device without a host sync; cached for the forward)."""
-    global _last_layout
-    if _last_layout is not None and _last_layout[0] is cu:
-        return _last_layout[1]
-    offsets = cu.long()
-    lengths, starts = offsets[1:] - offsets[:-1], offsets[:-1]
-    batch = len(lengths)
-    seq = torch.repeat_interleave(torch.arange(batch, device=cu.device), lengths, output_size=total)
-    index = seq * longest + torch.arange(total, device=cu.device) - starts[seq]
-    keep = (torch.arange(longest, device=cu.device)[None] < lengths[:, None]).view(batch, 1, 1, longest)
-    found = Layout(index, keep, starts, longest)
-    _last_layout = cu, found
-    return found
-
-
-def _to_layout(x: torch.Tensor, lay: Layout) -> torch.Tensor:
-    """(1, heads, T, dim) -> (B, heads, longest, dim), zeros in the padding slots."""
-    _, heads, _, dim = x.shape
-    batch = lay.keep.shape[0]
-    flat = x.new_zeros(heads, batch * lay.longest, dim).index_copy(1, lay.index, x[0])
-    return flat.view(heads, batch, lay.longest, dim).transpose(0, 1)
-
-
-def _mask_in_layout(mask: torch.Tensor, lay: Layout, total: int) -> torch.Tensor:
-    """The model's own (.., T, T) mask over the packed row, each sequence's block in the (B, 1, L, L) layout."""
-    slots = (lay.starts[:, None] + torch.arange(lay.longest, device=mask.device)[None]).clamp_(max=total - 1)
-    square = mask.reshape(mask.shape[-2], mask.shape[-1])
-    return square[slots[:, :, None], slots[:, None, :]].unsqueeze(1)
-
-
-def packed_attention(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float | None,
-    cu: torch.Tensor,
-    longest: int,
-    dropout: Callable[[torch.Tensor], torch.Tensor] | None = None,
-) -> torch.Tensor:
-    """Attention within each packed sequence: (1, heads, T, dim) in, (1, T, heads, dim) out (transformers'
-    attention-function layout). `dropout` (training) is applied to the attention probabilities."""
-    total = query.shape[-2]
-    lay = layout(cu, longest, total)
-    q, k, v = (_to_layout(x, lay) for x in (query, key, value))
-    mask: torch.Tensor = lay.keep
-    if attention_mask is not None:
-        own = _mask_in_layout(attention_mask, lay, total)
-        if own.dtype == torch.bool:
-            mask = own & lay.keep
-        else:  # additive: the padding keys get the most negative value too
-            mask = own.to(q.dtype).masked_fill(~lay.keep, torch.finfo(q.dtype).min)
-    scale = q.shape[-1] ** -0.5 if scaling is None else scaling
-    if dropout is None:
-        out = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
-    else:  # torch's CPU SDPA has no fused dropout either: the math path, with the caller's dropout
-        scores = torch.matmul(q, k.transpose(-2, -1)) * scale
-        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min) if mask.dtype == torch.bool else scores + mask
-        out = torch.matmul(dropout(torch.softmax(scores, dim=-1)), v)
-    heads, dim = out.shape[1], out.shape[3]
-    return out.transpose(1, 2).reshape(-1, heads, dim).index_select(0, lay.index).unsqueeze(0)
-
-
-def as_rows(
-    hidden: torch.Tensor, attention_mask: torch.Tensor | None, kwargs: dict[str, Any]
-) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
-    """For a layer that computes each sequence's first token alone ([CLS]-only, clsonly.py): the packed row as
-    (B, longest, width) rows with their (B, 1, longest, longest) mask (the model's own mask, if any, cut to each
-    sequence), and per-token keyword tensors (rotary position embeddings) laid out the same way. Each [CLS] then
-    attends over its own sequence's `longest` slots, not over the whole packed row."""
-    total = hidden.shape[1]
-    lay = layout(kwargs["cu_seq_lens_q"], kwargs["max_length_q"], total)
-    mask = lay.keep
-    if attention_mask is not None:
-        own = _mask_in_layout(attention_mask, lay, total)
-        mask = own & lay.keep if own.dtype == torch.bool else own.masked_fill(~lay.keep, torch.finfo(own.dtype).min)
-    per_token = {
-        k: tuple(_rows_of(t, lay) for t in v)
-        for k, v in kwargs.items()
-        if isinstance(v, tuple) and v and all(torch.is_tensor(t) and t.shape[:2] == (1, total) for t in v)
-    }
-    return _rows_of(hidden, lay), mask, {**kwargs, **per_token}
-
-
-def _rows_of(x: torch.Tensor, lay: Layout) -> torch.Tensor:
-    """(1, T, ...) -> (B, longest, ...), zeros in the padding slots."""
-    batch = lay.keep.shape[0]
-    flat = x.new_zeros(batch * lay.longest, *x.shape[2:]).index_copy(0, lay.index, x[0])
-    return flat.view(batch, lay.longest, *x.shape[2:])
-
-
 # ------------------------------------------------------------------------------------ the model, packed
 def _stack_end(model: nn.Module) -> nn.Module | None:
     """The module whose output is the encoder's last hidden states, one row per token."""
@@ -312,12 +207,11 @@ def packed_unchecked(model: nn.Module) -> Iterator[None]:
 def _packed_unchecked(model: nn.Module) -> Iterator[None]:
     from leantune.speed.fastpath import our_attention
 
-    global _last_layout
     try:
         with our_attention(model), _cutting(model):
             yield
     finally:
-        _last_layout = None  # the last forward's offsets must not outlive the run
+        varlen.forget()  # the last forward's offsets must not outlive the run
 
 
 @contextlib.contextmanager
