@@ -1,4 +1,4 @@
-"""`leantune train | evaluate | predict | report`: thin over plain functions you can call from Python too.
+"""`leantune train | evaluate | predict | report | glue`: thin over plain functions you can call from Python too.
 
 Every flag comes from a dataclass field (`leantune.config`); bad input ends in one line on stderr and
 exit code 2, before anything is written.
@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from leantune.config import (
     DataArguments,
+    GlueArguments,
     ProcessArguments,
     RunArguments,
     TrainingArguments,
@@ -51,6 +52,36 @@ def _report_parser(name: str, help: str, split_default: str | None) -> argparse.
     p = _Parser(prog=f"leantune {name}", description=help)
     add_report_arguments(p)
     return p
+
+
+# `leantune glue` takes the model and how to read it; the data is GLUE_DIR's, task by task.
+_GLUE_DATA_SKIP = (
+    "task", "data_dir", "train_file", "validation_file", "test_file", "text_columns", "label_column",
+    "problem_type", "label_delimiter", "label_names", "threshold", "column_names",
+)  # fmt: skip
+
+
+def _glue_parser(name: str, help: str, split_default: str | None) -> argparse.ArgumentParser:
+    p = _Parser(prog=f"leantune {name}", description=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_arguments(p, GlueArguments)
+    add_arguments(p, DataArguments, skip=_GLUE_DATA_SKIP)
+    add_arguments(p, TrainingArguments)
+    add_arguments(p, ProcessArguments)
+    return p
+
+
+def _glue(ns: argparse.Namespace) -> int:
+    import dataclasses
+
+    from leantune.glue import run_glue
+
+    given = vars(ns)
+    # every run checkpoints each epoch (one kept), so a killed job resumes where it was, unless told otherwise
+    saving = {} if {"save_strategy", "save_steps", "save_total_limit"} & given.keys() else {"save_strategy": "epoch"}
+    glue, data = from_namespace(GlueArguments, ns), from_namespace(DataArguments, ns)
+    args = from_namespace(TrainingArguments, ns, **saving)
+    run_glue(glue, dataclasses.replace(data, data_dir=None), args)
+    return 0
 
 
 def _train(ns: argparse.Namespace) -> int:
@@ -92,9 +123,25 @@ def _predict(ns: argparse.Namespace) -> int:
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, str | None]] = {
     "train": (_train, "Fine-tune a model, evaluating every epoch; saves it to --output-dir.", None),
     "evaluate": (_evaluate, "Evaluate a fine-tuned model (--model) on a labelled split.", "validation"),
-    "predict": (_predict, "Predict a split; writes predictions.tsv (GLUE format) and probabilities.", "test"),
+    "predict": (
+        _predict,
+        (
+            "Predict a split; writes predictions.tsv (index, the label's name) and probabilities.tsv; for a "
+            "GLUE task's test split also the GLUE server's file (e.g. MRPC.tsv: index, 0/1)."
+        ),
+        "test",
+    ),
     "report": (_report, "Write report.html and plots for a run; several runs: side by side.", None),
+    "glue": (
+        _glue,
+        (
+            "The GLUE benchmark: every task in --data-dir, a sweep over --lrs and --seeds, results.md, "
+            "report.html and submission.zip in --output-dir; the same command again resumes it."
+        ),
+        None,
+    ),
 }
+PARSERS = {"report": _report_parser, "glue": _glue_parser}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     fn, text, split_default = COMMANDS[argv[0]]
     try:  # everything heavy (torch, transformers) is imported in here: a Ctrl-C while it loads is one line too
-        ns = (_report_parser if argv[0] == "report" else _parser)(argv[0], text, split_default).parse_args(argv[1:])
+        ns = PARSERS.get(argv[0], _parser)(argv[0], text, split_default).parse_args(argv[1:])
         _quiet_libraries()
         if argv[0] != "report":
             _own_process(ns)

@@ -406,16 +406,7 @@ class RunArguments:
     @property
     def seed_list(self) -> list[int]:
         """The seeds of --seeds in order ([] when not given)."""
-        if self.seeds is None:
-            return []
-        parts = [p.strip() for p in str(self.seeds).split(",")]
-        try:
-            seeds = [int(p) for p in parts]
-        except ValueError:
-            raise LeantuneError(f"--seeds takes comma-separated integers like 1,2,3, got {self.seeds!r}") from None
-        if len(set(seeds)) != len(seeds) or min(seeds) < 0:
-            raise LeantuneError(f"--seeds takes distinct seeds >= 0, got {self.seeds!r}")
-        return seeds
+        return parse_list(self.seeds, "--seeds", int) if self.seeds is not None else []
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -431,6 +422,67 @@ class ProcessArguments:
         "instruction sets on non-Intel CPUs, and glibc keeping freed memory for reuse "
         "(resident size stays at its peak). Logged; see leantune/speed/process.py.",
     )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def parse_list(text: str, name: str, kind: type) -> list[Any]:
+    """A comma-separated flag value (`1,2,3`, `2e-5,3e-5`): distinct values >= 0, or one line naming the flag."""
+    example = "1,2,3" if kind is int else "2e-5,3e-5"
+    try:
+        values = [kind(p.strip()) for p in str(text).split(",")]
+    except ValueError:
+        raise LeantuneError(f"{name} takes comma-separated {kind.__name__}s like {example}, got {text!r}") from None
+    if len(set(values)) != len(values) or not all(v >= 0 for v in values):
+        raise LeantuneError(f"{name} takes distinct values >= 0, got {text!r}")
+    return values
+
+
+@dataclass
+class GlueArguments:
+    """The benchmark of `leantune glue`: which tasks, and the sweep over learning rates and seeds."""
+
+    data_dir: str = arg(
+        "glue_data",
+        "GLUE_DIR: one folder per task as download_glue_data.py writes it (CoLA, SST-2, MRPC, QQP, STS-B, MNLI, "
+        "QNLI, RTE, WNLI, diagnostic); a missing folder is skipped with a line.",
+    )
+    tasks: str | None = arg(None, "Comma-separated tasks to run, e.g. cola,sst2 (default: every task in --data-dir).")
+    lrs: str | None = arg(
+        None,
+        "Comma-separated learning rates to sweep, e.g. 1e-5,2e-5,3e-5,5e-5: per task the one with the best mean "
+        "dev main metric over the seeds is kept (default: --learning-rate alone).",
+    )
+    seeds: str | None = arg(None, "Comma-separated seeds, e.g. 1,2,3: one run per seed (default: --seed alone).")
+    task_overrides: str | None = arg(
+        None,
+        'A JSON or YAML file of per-task settings over the flags, e.g. {"rte": {"num_train_epochs": 10}, '
+        '"stsb": {"lr": 3e-5}} (keys: field or flag names of `leantune train`).',
+    )
+    keep_models: str = arg(
+        "best",
+        "Which fine-tuned models stay on disk: every run's, each task's kept run's (best), or none (the predictions "
+        "and metrics always stay).",
+        choices=["all", "best", "none"],
+    )
+
+    def __post_init__(self) -> None:
+        self.lr_list, self.seed_list  # noqa: B018 -- parse now: a bad value fails before any work
+        if self.keep_models not in ("all", "best", "none"):
+            raise LeantuneError(f"--keep-models must be one of all, best, none, got {self.keep_models!r}")
+
+    @property
+    def lr_list(self) -> list[float]:
+        return parse_list(self.lrs, "--lrs", float) if self.lrs is not None else []
+
+    @property
+    def seed_list(self) -> list[int]:
+        return parse_list(self.seeds, "--seeds", int) if self.seeds is not None else []
+
+    @property
+    def task_list(self) -> list[str]:
+        return [t.strip() for t in self.tasks.split(",") if t.strip()] if self.tasks else []
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,14 +57,13 @@ def glue_features(t: GlueTask) -> Features:
 
 
 def _read_glue_tsv(t: GlueTask, path: Path, is_test: bool) -> Dataset:
-    rows = _read_tsv_rows(path)
-    if not rows:
-        raise LeantuneError(f"{path}: file is empty")
+    """One official file, streamed: only the columns the task uses are kept (MNLI's train.tsv is mostly parse
+    trees). `idx` is a test file's own `index` (QQP: `id`) column, as the GLUE server matches it; else the row."""
+    rows = _tsv_rows(path)
     has_header = t.has_header or is_test  # CoLA's test file has a header, its train/dev files do not
-    header = rows[0] if has_header else []
-    body = rows[1:] if has_header else rows
-    if not body:
-        raise LeantuneError(f"{path}: no data rows")
+    header = next(rows, None) if has_header else []
+    if header is None:
+        raise LeantuneError(f"{path}: file is empty")
     spec = (t.test_tsv_columns or t.tsv_columns) if is_test else t.tsv_columns
 
     def position(col: str | int) -> int:
@@ -75,20 +75,23 @@ def _read_glue_tsv(t: GlueTask, path: Path, is_test: bool) -> Dataset:
 
     text_pos = {name: position(col) for name, col in spec.items()}
     label_pos = None if is_test else position(t.tsv_label)
+    index_pos = next((header.index(c) for c in ("index", "id") if is_test and c in header), None)
+    need = max([*text_pos.values(), label_pos or 0, index_pos or 0])
     data: dict[str, list[Any]] = {c: [] for c in [*text_pos, "label", "idx"]}
     bad: list[int] = []
-    for i, row in enumerate(body):
+    for i, row in enumerate(rows):
         line = i + 1 + has_header  # 1-based line number in the file, for messages
-        need = max([*text_pos.values(), label_pos or 0])
         if len(row) <= need:
             raise LeantuneError(f"{path}: line {line} has {len(row)} fields, expected at least {need + 1}")
         for name, p in text_pos.items():
             data[name].append(row[p])
-        data["idx"].append(i)
+        data["idx"].append(i if index_pos is None else _index(row[index_pos], path, line))
         label = -1 if label_pos is None else _glue_label(t, row[label_pos])
         if label is None:
             bad.append(line)
         data["label"].append(label)
+    if not data["idx"]:
+        raise LeantuneError(f"{path}: no data rows")
     if bad:
         raise LeantuneError(
             f"{path}: labels outside {t.name}'s label set {list(t.label_names or [])} on lines {few(bad)}"
@@ -96,15 +99,47 @@ def _read_glue_tsv(t: GlueTask, path: Path, is_test: bool) -> Dataset:
     return Dataset.from_dict(data, features=glue_features(t))
 
 
+def _index(text: str, path: Path, line: int) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise LeantuneError(f"{path}: line {line}: index {text!r} is not an integer") from None
+
+
+def load_glue_header(t: GlueTask, path: Path, is_test: bool) -> None:
+    """Check an official file's first line: the task's columns are there (a wrong file fails in seconds)."""
+    rows = _tsv_rows(path)
+    first = next(rows, None)
+    if first is None:
+        raise LeantuneError(f"{path}: file is empty")
+    spec = (t.test_tsv_columns or t.tsv_columns) if is_test else t.tsv_columns
+    columns = [*spec.values(), *([] if is_test else [t.tsv_label])]
+    if t.has_header or is_test:
+        missing = [c for c in columns if isinstance(c, str) and c not in first]
+        if missing:
+            raise LeantuneError(f"{path}: column {missing[0]!r} not found; columns are: {column_list(first)}")
+    elif len(first) <= max(c for c in columns if isinstance(c, int)):
+        raise LeantuneError(f"{path}: line 1 has {len(first)} fields, expected at least {max(columns) + 1}")
+    rows.close()
+
+
+def load_glue_test(t: GlueTask, path: Path) -> Dataset:
+    """One unlabelled GLUE file in the task's test format (the diagnostic set, AX)."""
+    return _read_glue_tsv(t, path, is_test=True)
+
+
 def _glue_label(t: GlueTask, raw: str) -> int | float | None:
     return t.problem.parse(raw)
 
 
-def _read_tsv_rows(path: Path) -> list[list[str]]:
-    # GLUE fields are never quoted and may hold a bare '"': QUOTE_NONE. utf-8-sig drops MRPC's BOM.
+def _tsv_rows(path: Path) -> Iterator[list[str]]:
+    """The file's non-blank rows, read lazily. GLUE fields are never quoted and may hold a bare '"':
+    QUOTE_NONE. utf-8-sig drops MRPC's BOM. A read error names the file."""
     try:
         with open(path, encoding="utf-8-sig", newline="") as f:
-            return [row for row in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if row]
+            for row in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
+                if row:
+                    yield row
     except UnicodeDecodeError as e:
         raise LeantuneError(f"{path}: not valid UTF-8 (byte {e.start}): {e.reason}") from None
     except OSError as e:

@@ -28,6 +28,7 @@ from leantune.problem import ProblemType
 from leantune.report import finish_run
 from leantune.runlog import write_json_atomic
 from leantune.speed.process import process_line, process_tuning
+from leantune.tasks import get_task
 from leantune.trainer import PredictionOutput, Trainer, TrainOutput
 
 CONFIG_FILE = "leantune_config.json"
@@ -102,13 +103,17 @@ def eval_splits(dsd: Any) -> dict[str, Any]:
     return {s: dsd[s] for s in dsd if s.startswith("validation")}
 
 
-def train(data_args: DataArguments, args: TrainingArguments) -> tuple[TrainOutput, Trainer]:
+def train(
+    data_args: DataArguments, args: TrainingArguments, prepared: tuple | None = None
+) -> tuple[TrainOutput, Trainer]:
+    """Fine-tune, evaluate every epoch, save the model and the run's files to --output-dir. `prepared`: what
+    `prepare(data_args)` returned, when the caller has it already (`leantune glue` runs a task many times)."""
     out = Path(args.output_dir)
     resume = args.resume_from_checkpoint
     check_output_dir(out, args.overwrite_output_dir or resume is not None)  # resuming continues the run there
     # found (or refused) before any work; a broken newer checkpoint is named in one line and skipped
     checkpoint = resolve_checkpoint(resume, out, _note) if resume is not None else None
-    dsd, info, tokenizer, raw = prepare(data_args)
+    dsd, info, tokenizer, raw = prepared or prepare(data_args)
     if "train" not in dsd:
         raise LeantuneError("no training data: give --train-file, or a --task whose --data-dir has train.tsv")
     evals = eval_splits(dsd)
@@ -244,7 +249,12 @@ def predict(data_args: DataArguments, args: TrainingArguments, split: str = "tes
     if not trainer.accelerator.is_main_process:
         return result
     out.mkdir(parents=True, exist_ok=True)
-    write_predictions(out, result.predictions, info.problem, ds["idx"] if "idx" in ds.column_names else None)
+    index = ds["idx"] if "idx" in ds.column_names else None
+    write_predictions(out, result.predictions, info.problem, index)
+    glue_file = get_task(info.task).submission_files.get(split) if info.task else None
+    if glue_file and index is not None:  # the GLUE server grades label positions (0/1), not names: its own file
+        _write_lines(out / glue_file, get_task(info.task).submission_lines(result.predictions, index))
+        trainer.log.info(f"wrote {out / glue_file} in the GLUE server's format (predictions.tsv: label names)")
     if result.label_ids is not None:
         write_json_atomic(out / "predict_metrics.json", result.metrics)
         trainer.log.info(" ".join(f"{k}={v:.4f}" for k, v in result.metrics.items() if isinstance(v, float)))

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from leantune.config import DataArguments, TrainingArguments
+from leantune.distributed import on_cpu
 from leantune.errors import LeantuneError
 from leantune.plots import metric_keys
 from leantune.report import higher_is_better, load_run, main_metric_key, write_report
@@ -38,7 +39,7 @@ def train_seeds(data_args: DataArguments, args: TrainingArguments, seeds: list[i
     # every directory is checked before the first seed trains, not when seed 3 would overwrite something
     for d in (out, out / "best", *(out / f"seed-{s}" for s in seeds)):
         check_output_dir(d, args.overwrite_output_dir)
-    main = PartialState().is_main_process
+    main = PartialState(cpu=on_cpu(args)).is_main_process  # cpu: as the Trainer's, else torchrun on CPUs is 1+1
     for i, seed in enumerate(seeds):
         _info(main, f"seed {seed} ({i + 1} of {len(seeds)}) -> {out / f'seed-{seed}'}")
         train(data_args, dataclasses.replace(args, output_dir=str(out / f"seed-{seed}"), seed=seed))

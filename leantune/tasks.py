@@ -6,7 +6,11 @@ official TSV files and one loaded from the Hub look the same to the rest of lean
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
 
 from leantune.problem import ProblemType
 
@@ -50,6 +54,34 @@ class GlueTask(HasLabels):
     # columns of the test file when they differ from train/dev (CoLA's test file has a header)
     test_tsv_columns: dict[str, str | int] | None = None
     has_header: bool = True
+    # the benchmark's directory (download_glue_data's layout) and its submission: test split -> file name
+    dir_name: str = ""
+    submission_files: dict[str, str] = field(default_factory=dict)
+    # what the GLUE server grades: the label's position ("0"/"1") or its name ("entailment")
+    submission_by_name: bool = False
+    score_range: tuple[float, float] | None = None  # a regression's scale: predictions are clipped to it
+
+    def __hash__(self) -> int:  # the name is the task (the dict fields would make it unhashable)
+        return hash(self.name)
+
+    @property
+    def score_keys(self) -> tuple[str, ...]:
+        """The GLUE metrics of the task as a run's evaluation names them (MNLI: one per validation split)."""
+        splits = self.validation_splits
+        prefixes = [f"eval_{s}_" for s in splits] if len(splits) > 1 else ["eval_"]
+        return tuple(p + m for p in prefixes for m in self.metrics)
+
+    def submission_lines(self, logits: Any, index: Sequence[int]) -> list[str]:
+        """A test split's predictions as the GLUE server grades them: `index<TAB>prediction`, the prediction
+        a label's position (0/1), its name (entailment) or a score clipped to the task's range."""
+        preds = self.problem.predict(np.asarray(logits))
+        if self.score_range is not None:
+            shown = [f"{v:.6f}" for v in np.clip(preds, *self.score_range)]
+        elif self.submission_by_name:
+            shown = [self.problem.names_of(p) for p in preds]
+        else:
+            shown = [str(int(p)) for p in preds]
+        return ["index\tprediction", *(f"{i}\t{v}" for i, v in zip(index, shown))]
 
     @property
     def main_metric(self) -> str:
@@ -85,6 +117,8 @@ GLUE_TASKS: dict[str, GlueTask] = {
             tsv_label=1,
             has_header=False,
             test_tsv_columns={"sentence": "sentence"},
+            dir_name="CoLA",
+            submission_files={"test": "CoLA.tsv"},
         ),
         GlueTask(
             "sst2",
@@ -93,6 +127,8 @@ GLUE_TASKS: dict[str, GlueTask] = {
             ("accuracy",),
             tsv_columns={"sentence": "sentence"},
             tsv_label="label",
+            dir_name="SST-2",
+            submission_files={"test": "SST-2.tsv"},
         ),
         GlueTask(
             "mrpc",
@@ -101,6 +137,8 @@ GLUE_TASKS: dict[str, GlueTask] = {
             ("f1", "accuracy"),
             tsv_columns={"sentence1": "#1 String", "sentence2": "#2 String"},
             tsv_label="Quality",
+            dir_name="MRPC",
+            submission_files={"test": "MRPC.tsv"},
         ),
         GlueTask(
             "qqp",
@@ -109,6 +147,8 @@ GLUE_TASKS: dict[str, GlueTask] = {
             ("f1", "accuracy"),
             tsv_columns={"question1": "question1", "question2": "question2"},
             tsv_label="is_duplicate",
+            dir_name="QQP",
+            submission_files={"test": "QQP.tsv"},
         ),
         GlueTask(
             "stsb",
@@ -117,6 +157,9 @@ GLUE_TASKS: dict[str, GlueTask] = {
             ("pearson", "spearmanr"),
             tsv_columns={"sentence1": "sentence1", "sentence2": "sentence2"},
             tsv_label="score",
+            dir_name="STS-B",
+            submission_files={"test": "STS-B.tsv"},
+            score_range=(0.0, 5.0),
         ),
         GlueTask(
             "mnli",
@@ -126,6 +169,9 @@ GLUE_TASKS: dict[str, GlueTask] = {
             tsv_columns={"premise": "sentence1", "hypothesis": "sentence2"},
             tsv_label="gold_label",
             files=_MNLI_FILES,
+            dir_name="MNLI",
+            submission_files={"test_matched": "MNLI-m.tsv", "test_mismatched": "MNLI-mm.tsv"},
+            submission_by_name=True,
         ),
         GlueTask(
             "qnli",
@@ -134,6 +180,9 @@ GLUE_TASKS: dict[str, GlueTask] = {
             ("accuracy",),
             tsv_columns={"question": "question", "sentence": "sentence"},
             tsv_label="label",
+            dir_name="QNLI",
+            submission_files={"test": "QNLI.tsv"},
+            submission_by_name=True,
         ),
         GlueTask(
             "rte",
@@ -142,6 +191,9 @@ GLUE_TASKS: dict[str, GlueTask] = {
             ("accuracy",),
             tsv_columns={"sentence1": "sentence1", "sentence2": "sentence2"},
             tsv_label="label",
+            dir_name="RTE",
+            submission_files={"test": "RTE.tsv"},
+            submission_by_name=True,
         ),
         GlueTask(
             "wnli",
@@ -150,9 +202,25 @@ GLUE_TASKS: dict[str, GlueTask] = {
             ("accuracy",),
             tsv_columns={"sentence1": "sentence1", "sentence2": "sentence2"},
             tsv_label="label",
+            dir_name="WNLI",
+            submission_files={"test": "WNLI.tsv"},
         ),
     ]
 }
+
+# GLUE's diagnostic set (AX): no training data; the MNLI model predicts it, labels in MNLI's order.
+DIAGNOSTIC = GlueTask(
+    "ax",
+    GLUE_TASKS["mnli"].text_columns,
+    GLUE_TASKS["mnli"].label_names,
+    ("accuracy",),
+    tsv_columns={"premise": "sentence1", "hypothesis": "sentence2"},
+    tsv_label="label",
+    files={"test": "diagnostic.tsv"},
+    dir_name="diagnostic",
+    submission_files={"test": "AX.tsv"},
+    submission_by_name=True,
+)
 
 # Names users type for the same task.
 _ALIASES = {"sst-2": "sst2", "sts-b": "stsb", "mnli-m": "mnli", "mnli-mm": "mnli"}

@@ -252,3 +252,37 @@ def test_a_rank_whose_master_never_answers_fails_in_one_line(tiny_bert, files, t
     assert last.startswith(f"leantune: error: cannot join the distributed run as rank 1 of 2 at 127.0.0.1:{port}")
     assert "Traceback" not in r.stderr, r.stderr
     assert not out.exists()
+
+
+def test_glue_under_torchrun_writes_what_one_process_writes(no_dropout_bert, tmp_path):
+    """`leantune glue` in two processes: one set of files, written once, the same as one process's."""
+    import zipfile
+
+    from glue_fixture import make_glue_dir
+
+    from leantune.cli import main
+
+    data = make_glue_dir(tmp_path / "glue_data")
+    common = ["glue", "--model", no_dropout_bert, "--data-dir", str(data), "--tasks", "mnli", "--epochs", "1"]
+    two = torchrun(2, *common, "--batch-size", "4", "--output-dir", str(tmp_path / "two"))
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert main([*common, "--batch-size", "8", "--output-dir", str(tmp_path / "one"), "--use-cpu"]) == 0
+    zips = [zipfile.ZipFile(tmp_path / d / "submission.zip") for d in ("one", "two")]
+    assert zips[1].namelist() == ["MNLI-m.tsv", "MNLI-mm.tsv", "AX.tsv"]
+    assert [z.read(n) for n in zips[1].namelist() for z in zips[:1]] == [zips[1].read(n) for n in zips[1].namelist()]
+    runs = [json.loads((tmp_path / d / "results.json").read_text())["tasks"]["mnli"] for d in ("one", "two")]
+    means = [{k: m["mean"] for k, m in run["metrics"].items()} for run in runs]
+    assert means[0] == pytest.approx(means[1])
+    assert two.stderr.count("glue: [1/1] mnli") == 1  # the progress line: the main process's alone
+
+
+def test_seeds_under_torchrun_train_each_seed_in_both_processes_together(tiny_bert, tmp_path):
+    """--seeds asks who is the main process before the first Trainer exists: on CPUs that must not make two
+    single-process runs writing one directory."""
+    from glue_fixture import make_glue_dir
+
+    data = make_glue_dir(tmp_path / "glue_data")
+    flags = ["train", "--model", tiny_bert, "--task", "mrpc", "--data-dir", str(data / "MRPC"), "--max-steps", "2"]
+    r = torchrun(2, *flags, "--seeds", "1", "--output-dir", str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stderr.count("x 2 process(es)") == 1 and "x 1 process(es)" not in r.stderr

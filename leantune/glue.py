@@ -1,0 +1,355 @@
+"""`leantune glue`: the whole GLUE benchmark in one command.
+
+Every task found in GLUE_DIR (download_glue_data.py's layout) is fine-tuned once per (learning rate, seed);
+per task the learning rate with the best mean dev main metric is kept, its runs give the mean ± std, and its
+best seed's test predictions go into the submission. What OUT holds:
+
+    runs/<Task>/lr<LR>-seed<S>/   a `leantune train` run, plus glue/<File>.tsv (its test predictions in the
+                                  GLUE server's format) and glue_run.json, written last: a run is finished
+                                  when that record is there and the files it lists hash as it says
+    results.json, results.md      rewritten after every run (leantune/glue_report.py)
+    report.html, submission.zip   at the end
+
+Resuming is the same command again: finished runs are kept, the interrupted one continues from its checkpoint,
+nothing is redone. A finished run of other settings (another model, other epochs) is an error, never mixed in.
+
+    from leantune.glue import run_glue
+    run_glue(GlueArguments("glue_data", seeds="1,2,3"), DataArguments(), TrainingArguments("out"))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from leantune.checkpoint import checkpoint_dirs, remove_checkpoints
+from leantune.config import DataArguments, GlueArguments, TrainingArguments
+from leantune.distributed import on_cpu
+from leantune.errors import LeantuneError
+from leantune.glue_report import GLUE_ORDER, duration, select, write_outputs, write_results
+from leantune.glue_settings import read_overrides, task_arguments
+from leantune.tasks import DIAGNOSTIC, GLUE_TASKS, GlueTask, get_task
+
+RUN_RECORD = "glue_run.json"
+# Settings that do not change a run's maths: a finished run stays valid when only these differ.
+_NOT_MATHS = {
+    "output_dir",
+    "overwrite_output_dir",
+    "resume_from_checkpoint",
+    "disable_tqdm",
+    "report_to",
+    "dataloader_num_workers",
+    "ddp_timeout",
+    "save_strategy",
+    "save_steps",
+    "save_total_limit",
+    "logging_steps",
+    "preprocessing_num_workers",
+    "cache_dir",
+}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of the sweep."""
+
+    task: GlueTask
+    lr: float
+    seed: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.task.name} lr={self.lr:g} seed={self.seed}"
+
+    def directory(self, out: Path) -> Path:
+        return out / "runs" / self.task.dir_name / f"lr{self.lr:g}-seed{self.seed}"
+
+
+def run_glue(glue: GlueArguments, data: DataArguments, args: TrainingArguments) -> dict[str, Any]:
+    """Run (or resume) the sweep over every task found; returns results.json's content."""
+    from accelerate import PartialState
+
+    from leantune.run import check_output_dir
+
+    root, out = Path(glue.data_dir), Path(args.output_dir)
+    tasks = find_tasks(root, glue.task_list)
+    overrides = read_overrides(glue.task_overrides)
+    if not (out / "glue.json").exists():  # a directory of another kind of run is refused, as `train` does
+        check_output_dir(out, args.overwrite_output_dir)
+    plan: list[tuple[RunSpec, DataArguments, TrainingArguments]] = []
+    for t in tasks:
+        d, a, lrs = task_arguments(t, root, data, args, overrides.get(t.name, {}), glue.lr_list)
+        for lr in lrs:
+            for seed in glue.seed_list or [args.seed]:
+                spec = RunSpec(t, lr, seed)
+                plan.append((spec, d, dataclasses.replace(a, learning_rate=lr, seed=seed)))
+    state = PartialState(cpu=on_cpu(args))  # as the Trainer will: several CPU processes under torchrun
+    # decided once, before anything is written: every process of a distributed run follows the same plan
+    records = {spec: finished(spec.directory(out), settings(d, a), args.overwrite_output_dir) for spec, d, a in plan}
+    state.wait_for_everyone()
+    main = state.is_main_process
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_json(out / "glue.json", {"glue": glue.to_dict(), "data": data.to_dict(), "training": args.to_dict()})
+    progress = Progress([(s, work(s, a, root)) for s, _, a in plan], {s for s, r in records.items() if r}, main)
+    kept = sum(1 for r in records.values() if r)
+    if kept:
+        _note(main, f"glue: {kept} of {len(plan)} runs already finished in {out / 'runs'}: kept")
+    prepared: dict[str, Any] = {}
+    for spec, d, a in plan:
+        if records[spec] is None:
+            if spec.task.name not in prepared:
+                prepared = {spec.task.name: _prepare(spec.task, d, root)}  # one task's data at a time
+            records[spec] = run_one(spec, d, a, out, prepared[spec.task.name], main)
+            progress.finished(spec, records[spec])
+        if main:
+            write_results(out, _by_task(records, tasks), data.model, partial=progress.left > 0)
+            if _last_of_task(spec, plan):
+                prune_models(spec.task, records, out, glue.keep_models)
+    state.wait_for_everyone()
+    results = write_outputs(out, _by_task(records, tasks), data.model, root) if main else {}
+    progress.close()
+    return results
+
+
+def find_tasks(root: Path, wanted: list[str]) -> list[GlueTask]:
+    """The tasks to run: those asked for (each must be there), else every task folder found in `root`."""
+    if not root.is_dir():
+        raise LeantuneError(f"--data-dir {root}: no such directory")
+    entries = {p.name.lower(): p for p in root.iterdir() if p.is_dir()}
+    chosen = [get_task(n) for n in wanted] if wanted else list(GLUE_TASKS.values())
+    found = []
+    for t in dict.fromkeys(chosen):
+        folder = entries.get(t.dir_name.lower()) or entries.get(t.name)
+        if folder is None:
+            if wanted:
+                raise LeantuneError(f"--tasks {t.name}: no {t.dir_name} folder in --data-dir {root}")
+            _note(True, f"glue: {t.dir_name}: no folder in {root}; skipped")
+            continue
+        check_task_files(t, folder)
+        found.append(dataclasses.replace(t, dir_name=folder.name))
+    if not found:
+        raise LeantuneError(f"--data-dir {root}: no GLUE task folder ({', '.join(t.dir_name for t in chosen)})")
+    return sorted(found, key=lambda t: GLUE_ORDER.index(t.name))
+
+
+def check_task_files(t: GlueTask, folder: Path) -> None:
+    """Before hours of work: the training and dev files are there and their headers are the official ones
+    (every row is checked when the task's turn comes)."""
+    from leantune.data import load_glue_header
+
+    for split, name in t.files.items():
+        path = folder / name
+        if not path.exists():
+            if split.startswith("test"):
+                _note(True, f"glue: {path}: not found; {t.dir_name} gets no submission file")
+                continue
+            raise LeantuneError(f"{path}: not found (a {t.dir_name} folder needs {', '.join(t.files.values())})")
+        load_glue_header(t, path, is_test=split.startswith("test"))
+
+
+def settings(data: DataArguments, args: TrainingArguments) -> dict[str, Any]:
+    """What makes a run the run it is (JSON-normalised, to compare with a record read back)."""
+    both = {**data.to_dict(), **args.to_dict()}
+    return json.loads(json.dumps({k: v for k, v in both.items() if k not in _NOT_MATHS}, default=str))
+
+
+def finished(run_dir: Path, wanted: dict[str, Any], overwrite: bool) -> dict[str, Any] | None:
+    """The run's record if it finished with these settings and its files are as it left them; else None."""
+    path = run_dir / RUN_RECORD
+    if overwrite or not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        files = record["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        _note(True, f"glue: {path}: unreadable; that run is done again")
+        return None
+    if record.get("settings") != wanted:
+        changed = sorted(
+            k for k in {*wanted, *record.get("settings", {})} if record["settings"].get(k) != wanted.get(k)
+        )
+        raise LeantuneError(
+            f"{run_dir}: finished with other settings ({', '.join(changed[:5])} differ); rerun with the same "
+            f"flags, or pass --overwrite-output-dir to redo every run, or pick another --output-dir"
+        )
+    for name, meta in files.items():
+        if not (run_dir / name).is_file() or _sha256(run_dir / name) != meta.get("sha256"):
+            _note(True, f"glue: {run_dir / name}: missing or changed since the run finished; that run is done again")
+            return None
+    return record
+
+
+def _prepare(task: GlueTask, data: DataArguments, root: Path) -> tuple[Any, Any]:
+    """The task's data, tokenized once (cached on disk) for all its runs; MNLI also gets the diagnostic set."""
+    from datasets import DatasetDict
+
+    from leantune.data import load_glue_test, tokenize
+    from leantune.run import prepare
+
+    prepared = prepare(data)
+    axis = None
+    folder = (
+        next((p for p in root.iterdir() if p.name.lower() == DIAGNOSTIC.dir_name), None)
+        if task.name == "mnli"
+        else None
+    )
+    if folder is not None and (folder / DIAGNOSTIC.files["test"]).exists():
+        raw = DatasetDict({"test": load_glue_test(DIAGNOSTIC, folder / DIAGNOSTIC.files["test"])})
+        tok = prepared[2]
+        axis = tokenize(
+            raw, tok, task.text_columns, data.max_length or None, data.preprocessing_num_workers or None, data.cache_dir
+        )["test"]
+    return prepared, axis
+
+
+def run_one(spec: RunSpec, data: DataArguments, args: TrainingArguments, out: Path, prepared: Any, main: bool) -> dict:
+    """Train (or resume) one run, predict its test files, and write its record last."""
+    from leantune.run import train
+
+    run_dir = spec.directory(out)
+    resume = "latest" if checkpoint_dirs(run_dir) and not args.overwrite_output_dir else None
+    _note(main, f"glue: {spec.label}: {'resuming' if resume else 'training'} in {run_dir}")
+    start = time.perf_counter()
+    args = dataclasses.replace(
+        args, output_dir=str(run_dir), overwrite_output_dir=resume is None, resume_from_checkpoint=resume
+    )
+    (dsd, *_), axis = prepared
+    result, trainer = train(data, args, prepared[0])
+    metrics = dev_metrics(trainer, dsd, args)
+    files = predict_tests(trainer, spec.task, dsd, axis, run_dir, main)
+    record = {
+        "task": spec.task.name,
+        "lr": spec.lr,
+        "seed": spec.seed,
+        "metrics": metrics,
+        "train_seconds": result.metrics.get("train_runtime"),
+        "seconds": round(time.perf_counter() - start, 1),
+        "resumed": resume is not None,
+        "settings": settings(data, args),
+        "files": files,
+    }
+    if main:
+        remove_checkpoints(run_dir)  # finished: the record and the files are what a rerun keeps
+        _write_json(run_dir / RUN_RECORD, record)
+    return record
+
+
+def dev_metrics(trainer: Any, dsd: Any, args: TrainingArguments) -> dict[str, float]:
+    """The final model's dev metrics: the evaluations at the last step when they were of the final model (one
+    record per validation split), else evaluated now."""
+    splits = [s for s in dsd if s.startswith("validation")]
+    prefixes = [f"eval_{s}" if len(splits) > 1 else "eval" for s in splits]
+    final = [r for r in trainer.log.history if r["kind"] == "eval" and r.get("step") == trainer.global_step]
+    metrics = {k: v for r in final for k, v in r.items() if k.startswith("eval_") and isinstance(v, (int, float))}
+    if args.load_best_model_at_end or not all(any(k.startswith(f"{p}_") for k in metrics) for p in prefixes):
+        metrics = {}
+        for split, prefix in zip(splits, prefixes):
+            metrics.update(trainer.evaluate(dsd[split], prefix))
+    return metrics
+
+
+def predict_tests(trainer: Any, task: GlueTask, dsd: Any, axis: Any, run_dir: Path, main: bool) -> dict:
+    """glue/<File>.tsv for each test split (MNLI: and AX, the diagnostic set); their hashes and row counts."""
+    sets = [(task, name, dsd[split]) for split, name in task.submission_files.items() if split in dsd]
+    if axis is not None:
+        sets.append((DIAGNOSTIC, DIAGNOSTIC.submission_files["test"], axis))
+    files = {}
+    for t, name, ds in sets:
+        lines = t.submission_lines(trainer.predict(ds).predictions, ds["idx"])  # every process predicts its share
+        if main:
+            path = run_dir / "glue" / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{name}.tmp")
+            tmp.write_text("\n".join(lines) + "\n")
+            os.replace(tmp, path)
+            files[f"glue/{name}"] = {"sha256": _sha256(path), "rows": len(lines) - 1, "expected_rows": len(ds)}
+    return files
+
+
+def prune_models(task: GlueTask, records: dict[RunSpec, Any], out: Path, keep: str) -> None:
+    """--keep-models: after a task's last run, delete the weights of the runs not kept."""
+    if keep == "all":
+        return
+    mine = {s: r for s, r in records.items() if s.task.name == task.name and r}
+    chosen = select(task, list(mine.values()))
+    for spec in mine:
+        best = chosen and (spec.lr, spec.seed) == (chosen["lr"], chosen["best_seed"])
+        if keep == "none" or not best:
+            for f in [*spec.directory(out).glob("*.safetensors"), *spec.directory(out).glob("pytorch_model*.bin")]:
+                f.unlink(missing_ok=True)
+
+
+def work(spec: RunSpec, args: TrainingArguments, root: Path) -> float:
+    """A run's size for the ETA: training examples x epochs (lines of train.tsv, counted without parsing)."""
+    with open(root / spec.task.dir_name / "train.tsv", "rb") as f:
+        rows = sum(1 for _ in f)
+    return rows * (args.num_train_epochs if args.max_steps <= 0 else 1)
+
+
+class Progress:
+    """A line per finished run and an overall bar, with the ETA from this invocation's own pace."""
+
+    def __init__(self, sizes: list[tuple[RunSpec, float]], done: set[RunSpec], enabled: bool) -> None:
+        from tqdm.auto import tqdm
+
+        self.sizes, self.enabled = dict(sizes), enabled
+        self.total, self.count = len(sizes), len(done)
+        self.left = self.total - self.count
+        self.remaining = sum(w for s, w in sizes if s not in done)
+        self.start, self.ran = time.perf_counter(), 0.0
+        bar = enabled and sys.stderr.isatty()
+        self.bar = tqdm(total=self.total, initial=self.count, desc="glue runs", unit="run", disable=not bar)
+
+    def finished(self, spec: RunSpec, record: dict[str, Any]) -> None:
+        self.count, self.left = self.count + 1, self.left - 1
+        self.ran += self.sizes[spec]
+        self.remaining -= self.sizes[spec]
+        pace = (time.perf_counter() - self.start) / self.ran if self.ran else 0.0
+        eta = duration(pace * self.remaining) if self.left else "done"
+        main = spec.task.score_keys[0]
+        score = record["metrics"].get(main, float("nan"))
+        self.bar.update(1)
+        self.bar.set_postfix_str(f"ETA {eta}")
+        _note(
+            self.enabled,
+            f"glue: [{self.count}/{self.total}] {spec.label}: {main.removeprefix('eval_')}={score:.4f} "
+            f"({duration(record['seconds'])}; ETA {eta})",
+        )
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _by_task(records: dict[RunSpec, Any], tasks: list[GlueTask]) -> dict[GlueTask, list[dict[str, Any]]]:
+    return {t: [r for s, r in records.items() if s.task.name == t.name and r] for t in tasks}
+
+
+def _last_of_task(spec: RunSpec, plan: list[tuple[RunSpec, Any, Any]]) -> bool:
+    return [s for s, _, _ in plan if s.task.name == spec.task.name][-1] == spec
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def _note(enabled: bool, message: str) -> None:
+    if enabled:
+        print(f"leantune: {message}", file=sys.stderr, flush=True)
