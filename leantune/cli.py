@@ -65,7 +65,7 @@ def _glue_parser(name: str, help: str, split_default: str | None) -> argparse.Ar
     p = _Parser(prog=f"leantune {name}", description=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_arguments(p, GlueArguments)
     add_arguments(p, DataArguments, skip=_GLUE_DATA_SKIP)
-    add_arguments(p, TrainingArguments)
+    add_arguments(p, TrainingArguments, skip=("resume_from_checkpoint",))  # the same command again resumes
     add_arguments(p, ProcessArguments)
     return p
 
@@ -76,8 +76,11 @@ def _glue(ns: argparse.Namespace) -> int:
     from leantune.glue import run_glue
 
     given = vars(ns)
-    # every run checkpoints each epoch (one kept), so a killed job resumes where it was, unless told otherwise
-    saving = {} if {"save_strategy", "save_steps", "save_total_limit"} & given.keys() else {"save_strategy": "epoch"}
+    # every run checkpoints each epoch, the newest one kept (a checkpoint holds the optimizer's state too: three
+    # of bert-base are ~4 GB), so a killed job resumes where it was; the save flags given replace this
+    saving = {"save_strategy": "epoch", "save_total_limit": 1}
+    if {"save_strategy", "save_steps", "save_total_limit"} & given.keys():
+        saving = {}
     glue, data = from_namespace(GlueArguments, ns), from_namespace(DataArguments, ns)
     args = from_namespace(TrainingArguments, ns, **saving)
     run_glue(glue, dataclasses.replace(data, data_dir=None), args)

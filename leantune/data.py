@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import pyarrow as pa
 from datasets import Dataset, DatasetDict, Features, Value
 
 from leantune.errors import LeantuneError
@@ -56,12 +57,47 @@ def glue_features(t: GlueTask) -> Features:
     )
 
 
+_BATCH = 20_000  # rows per Arrow record batch while reading a GLUE file
+
+
 def _read_glue_tsv(t: GlueTask, path: Path, is_test: bool) -> Dataset:
-    """One official file, streamed: only the columns the task uses are kept (MNLI's train.tsv is mostly parse
-    trees). `idx` is a test file's own `index` (QQP: `id`) column, as the GLUE server matches it; else the row."""
+    """One official file as a memory-mapped Arrow table, cached by the file's path, size and time: QQP's and
+    MNLI's 400k pairs never sit in Python lists nor in RAM (only the columns the task uses are kept; MNLI's
+    train.tsv is mostly parse trees). Where no cache can be written, it is built in memory."""
+    stat = path.stat()
+    key = json.dumps([str(path.resolve()), stat.st_size, stat.st_mtime_ns, t.name, is_test, 1])
+    root = Path(os.environ.get("LEANTUNE_CACHE") or Path.home() / ".cache" / "leantune" / "tokenized") / "glue"
+    target = root / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.arrow"
+    if target.exists():
+        return Dataset.from_file(str(target))
+    schema = glue_features(t).arrow_schema
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=root, prefix=".tmp-", suffix=".arrow")
+        os.close(fd)
+    except OSError:  # a cache is optional
+        table = pa.Table.from_batches(list(glue_batches(t, path, is_test, schema)), schema=schema)
+        return Dataset.from_dict(table.to_pydict(), features=glue_features(t))
+    try:
+        with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+            for batch in glue_batches(t, path, is_test, schema):
+                writer.write_batch(batch)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return Dataset.from_file(str(target))
+
+
+def glue_batches(t: GlueTask, path: Path, is_test: bool, schema: Any = None) -> Iterator[Any]:
+    """The file's rows as Arrow record batches of the task's features (text columns, label, idx), checked as
+    they are read: a missing column, a short row, a label outside the task's set or a bad index is one error
+    naming the file and line. `idx` is a test file's own `index` (QQP: `id`) column, as the GLUE server
+    matches it; else the row's position."""
+    schema = schema or glue_features(t).arrow_schema
     rows = _tsv_rows(path)
     has_header = t.has_header or is_test  # CoLA's test file has a header, its train/dev files do not
-    header = next(rows, None) if has_header else []
+    header = next(rows, (0, None))[1] if has_header else []
     if header is None:
         raise LeantuneError(f"{path}: file is empty")
     spec = (t.test_tsv_columns or t.tsv_columns) if is_test else t.tsv_columns
@@ -79,24 +115,29 @@ def _read_glue_tsv(t: GlueTask, path: Path, is_test: bool) -> Dataset:
     need = max([*text_pos.values(), label_pos or 0, index_pos or 0])
     data: dict[str, list[Any]] = {c: [] for c in [*text_pos, "label", "idx"]}
     bad: list[int] = []
-    for i, row in enumerate(rows):
-        line = i + 1 + has_header  # 1-based line number in the file, for messages
+    count = 0
+    for line, row in rows:
         if len(row) <= need:
             raise LeantuneError(f"{path}: line {line} has {len(row)} fields, expected at least {need + 1}")
         for name, p in text_pos.items():
             data[name].append(row[p])
-        data["idx"].append(i if index_pos is None else _index(row[index_pos], path, line))
+        data["idx"].append(count if index_pos is None else _index(row[index_pos], path, line))
         label = -1 if label_pos is None else _glue_label(t, row[label_pos])
         if label is None:
             bad.append(line)
         data["label"].append(label)
-    if not data["idx"]:
-        raise LeantuneError(f"{path}: no data rows")
+        count += 1
+        if len(data["idx"]) == _BATCH and not bad:
+            yield pa.record_batch([data[f.name] for f in schema], schema=schema)
+            data = {c: [] for c in data}
     if bad:
         raise LeantuneError(
             f"{path}: labels outside {t.name}'s label set {list(t.label_names or [])} on lines {few(bad)}"
         )
-    return Dataset.from_dict(data, features=glue_features(t))
+    if not count:
+        raise LeantuneError(f"{path}: no data rows")
+    if data["idx"]:
+        yield pa.record_batch([data[f.name] for f in schema], schema=schema)
 
 
 def _index(text: str, path: Path, line: int) -> int:
@@ -106,21 +147,10 @@ def _index(text: str, path: Path, line: int) -> int:
         raise LeantuneError(f"{path}: line {line}: index {text!r} is not an integer") from None
 
 
-def load_glue_header(t: GlueTask, path: Path, is_test: bool) -> None:
-    """Check an official file's first line: the task's columns are there (a wrong file fails in seconds)."""
-    rows = _tsv_rows(path)
-    first = next(rows, None)
-    if first is None:
-        raise LeantuneError(f"{path}: file is empty")
-    spec = (t.test_tsv_columns or t.tsv_columns) if is_test else t.tsv_columns
-    columns = [*spec.values(), *([] if is_test else [t.tsv_label])]
-    if t.has_header or is_test:
-        missing = [c for c in columns if isinstance(c, str) and c not in first]
-        if missing:
-            raise LeantuneError(f"{path}: column {missing[0]!r} not found; columns are: {column_list(first)}")
-    elif len(first) <= max(c for c in columns if isinstance(c, int)):
-        raise LeantuneError(f"{path}: line 1 has {len(first)} fields, expected at least {max(columns) + 1}")
-    rows.close()
+def check_glue_file(t: GlueTask, path: Path, is_test: bool) -> int:
+    """Read a whole official file as loading would, keeping nothing: its row count, or the error loading would
+    raise (so a sweep can check every file before it writes anything)."""
+    return sum(b.num_rows for b in glue_batches(t, path, is_test))
 
 
 def load_glue_test(t: GlueTask, path: Path) -> Dataset:
@@ -132,14 +162,15 @@ def _glue_label(t: GlueTask, raw: str) -> int | float | None:
     return t.problem.parse(raw)
 
 
-def _tsv_rows(path: Path) -> Iterator[list[str]]:
-    """The file's non-blank rows, read lazily. GLUE fields are never quoted and may hold a bare '"':
-    QUOTE_NONE. utf-8-sig drops MRPC's BOM. A read error names the file."""
+def _tsv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of the file's non-blank rows, read lazily. GLUE fields are never quoted and may
+    hold a bare '"': QUOTE_NONE. utf-8-sig drops MRPC's BOM. A read error names the file."""
     try:
         with open(path, encoding="utf-8-sig", newline="") as f:
-            for row in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
+            reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+            for row in reader:
                 if row:
-                    yield row
+                    yield reader.line_num, row
     except UnicodeDecodeError as e:
         raise LeantuneError(f"{path}: not valid UTF-8 (byte {e.start}): {e.reason}") from None
     except OSError as e:
@@ -211,17 +242,7 @@ def tokenize(
             )
         if len(ds) == 0:
             raise LeantuneError(f"split {split!r} is empty")
-    model_limit = getattr(tokenizer, "model_max_length", 512) or 512
-    if max_length and max_length > model_limit:  # longer inputs would index past the position embeddings
-        raise LeantuneError(f"--max-length {max_length}: the model takes at most {model_limit} tokens")
-    # the special tokens ([CLS] ... [SEP] ... [SEP]) plus one token of each text: below that a text is cut away
-    smallest = tokenizer.num_special_tokens_to_add(pair=len(text_columns) == 2) + len(text_columns)
-    if max_length and max_length < smallest:
-        raise LeantuneError(
-            f"--max-length {max_length}: at least {smallest} tokens are needed (the model's special "
-            f"tokens and one token of each of the {len(text_columns)} text(s))"
-        )
-    limit = max_length or min(model_limit, 512)  # longer texts are truncated to this, silently (as HF does)
+    limit = check_max_length(tokenizer, max_length, len(text_columns))
     keep_tt = "token_type_ids" in tokenizer.model_input_names
     key = _cache_key(dsd, tokenizer, tuple(text_columns), limit, keep_tt)
     root = Path(cache_dir or os.environ.get("LEANTUNE_CACHE") or Path.home() / ".cache" / "leantune" / "tokenized")
@@ -254,6 +275,22 @@ def tokenize(
     )
     _save_atomic(out, root, path)
     return datasets.load_from_disk(str(path)) if path.exists() else out
+
+
+def check_max_length(tokenizer, max_length: int | None, texts: int) -> int:
+    """The length inputs are truncated to: --max-length if the model takes it, else the model's limit (at most
+    512); one line naming the flag when it cannot work."""
+    model_limit = getattr(tokenizer, "model_max_length", 512) or 512
+    if max_length and max_length > model_limit:  # longer inputs would index past the position embeddings
+        raise LeantuneError(f"--max-length {max_length}: the model takes at most {model_limit} tokens")
+    # the special tokens ([CLS] ... [SEP] ... [SEP]) plus one token of each text: below that a text is cut away
+    smallest = tokenizer.num_special_tokens_to_add(pair=texts == 2) + texts
+    if max_length and max_length < smallest:
+        raise LeantuneError(
+            f"--max-length {max_length}: at least {smallest} tokens are needed (the model's special "
+            f"tokens and one token of each of the {texts} text(s))"
+        )
+    return max_length or min(model_limit, 512)  # longer texts are truncated to this, silently (as HF does)
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

@@ -31,6 +31,7 @@ from typing import Any
 
 from leantune.checkpoint import checkpoint_dirs, remove_checkpoints
 from leantune.config import DataArguments, GlueArguments, TrainingArguments
+from leantune.data import check_glue_file
 from leantune.distributed import on_cpu
 from leantune.errors import LeantuneError
 from leantune.glue_report import GLUE_ORDER, duration, select, write_outputs, write_results
@@ -76,32 +77,26 @@ def run_glue(glue: GlueArguments, data: DataArguments, args: TrainingArguments) 
     """Run (or resume) the sweep over every task found; returns results.json's content."""
     from accelerate import PartialState
 
-    from leantune.run import check_output_dir
-
-    root, out = Path(glue.data_dir), Path(args.output_dir)
-    tasks = find_tasks(root, glue.task_list)
-    overrides = read_overrides(glue.task_overrides)
-    if not (out / "glue.json").exists():  # a directory of another kind of run is refused, as `train` does
-        check_output_dir(out, args.overwrite_output_dir)
-    plan: list[tuple[RunSpec, DataArguments, TrainingArguments]] = []
-    for t in tasks:
-        d, a, lrs = task_arguments(t, root, data, args, overrides.get(t.name, {}), glue.lr_list)
-        for lr in lrs:
-            for seed in glue.seed_list or [args.seed]:
-                spec = RunSpec(t, lr, seed)
-                plan.append((spec, d, dataclasses.replace(a, learning_rate=lr, seed=seed)))
     state = PartialState(cpu=on_cpu(args))  # as the Trainer will: several CPU processes under torchrun
-    # decided once, before anything is written: every process of a distributed run follows the same plan
-    records = {spec: finished(spec.directory(out), settings(d, a), args.overwrite_output_dir) for spec, d, a in plan}
-    state.wait_for_everyone()
     main = state.is_main_process
+    root, out = Path(glue.data_dir), Path(args.output_dir)
+    plan = make_plan(glue, data, args, root, main)  # every input checked: nothing is written before this
+    if not (out / "glue.json").exists():  # a directory of another kind of run is refused, as `train` does
+        from leantune.run import check_output_dir
+
+        check_output_dir(out, args.overwrite_output_dir)
+    records = _decide(plan, out, args.overwrite_output_dir, state)
     if main:
         out.mkdir(parents=True, exist_ok=True)
         _write_json(out / "glue.json", {"glue": glue.to_dict(), "data": data.to_dict(), "training": args.to_dict()})
-    progress = Progress([(s, work(s, a, root)) for s, _, a in plan], {s for s, r in records.items() if r}, main)
-    kept = sum(1 for r in records.values() if r)
-    if kept:
+        _note_other_tasks(out, plan)
+    sizes = _sizes(plan, root)
+    progress = Progress(
+        [(s, sizes[s.task.name] * _epochs(a)) for s, _, a in plan], {s for s in records if records[s]}, main
+    )
+    if kept := sum(1 for r in records.values() if r):
         _note(main, f"glue: {kept} of {len(plan)} runs already finished in {out / 'runs'}: kept")
+    tasks = list(dict.fromkeys(s.task for s, _, _ in plan))
     prepared: dict[str, Any] = {}
     for spec, d, a in plan:
         if records[spec] is None:
@@ -114,13 +109,58 @@ def run_glue(glue: GlueArguments, data: DataArguments, args: TrainingArguments) 
             if _last_of_task(spec, plan):
                 prune_models(spec.task, records, out, glue.keep_models)
     state.wait_for_everyone()
-    results = write_outputs(out, _by_task(records, tasks), data.model, root) if main else {}
+    if main:
+        _note_missing_files(records, root)
+    results = write_outputs(out, _by_task(records, tasks), data.model) if main else {}
     progress.close()
     return results
 
 
-def find_tasks(root: Path, wanted: list[str]) -> list[GlueTask]:
-    """The tasks to run: those asked for (each must be there), else every task folder found in `root`."""
+Plan = list[tuple["RunSpec", DataArguments, TrainingArguments]]
+
+
+def make_plan(glue: GlueArguments, data: DataArguments, args: TrainingArguments, root: Path, main: bool) -> Plan:
+    """Every (task, lr, seed) run with its arguments, after checking every input in full: the files (each row,
+    as loading reads them), the per-task settings, the lengths the tokenizer can take."""
+    from leantune.data import check_max_length
+    from leantune.model import load_tokenizer
+
+    tasks = find_tasks(root, glue.task_list, main)
+    overrides = read_overrides(glue.task_overrides)
+    tokenizer = load_tokenizer(data.model)
+    plan: Plan = []
+    for t in tasks:
+        d, a, lrs = task_arguments(t, root, data, args, overrides.get(t.name, {}), glue.lr_list, glue.task_overrides)
+        try:
+            check_max_length(tokenizer, d.max_length, len(t.text_columns))
+        except LeantuneError as e:
+            raise LeantuneError(f"{t.dir_name}: {e}") from None
+        for lr in lrs:
+            for seed in glue.seed_list or [args.seed]:
+                plan.append((RunSpec(t, lr, seed), d, dataclasses.replace(a, learning_rate=lr, seed=seed)))
+    return plan
+
+
+def _decide(plan: Plan, out: Path, overwrite: bool, state: Any) -> dict[RunSpec, dict[str, Any] | None]:
+    """Which runs are finished, decided by the main process and sent to the others (one plan for all, even
+    where processes do not share a disk). --overwrite-output-dir: none is, and their records go first, so a
+    killed overwrite resumes as any sweep does."""
+    from accelerate.utils import broadcast_object_list
+
+    found: list[Any] = [None] * len(plan)
+    if state.is_main_process:
+        for spec, _, _ in plan:
+            if overwrite:
+                (spec.directory(out) / RUN_RECORD).unlink(missing_ok=True)
+        found = [finished(spec.directory(out), settings(d, a, state.num_processes)) for spec, d, a in plan]
+    if state.num_processes > 1:
+        found = broadcast_object_list(found)
+    return {spec: record for (spec, _, _), record in zip(plan, found)}
+
+
+def find_tasks(root: Path, wanted: list[str], main: bool = True) -> list[GlueTask]:
+    """The tasks to run: those asked for (each must be there), else every task folder found in `root`; each
+    task's files read in full (a malformed file is an error naming it, before any work)."""
     if not root.is_dir():
         raise LeantuneError(f"--data-dir {root}: no such directory")
     entries = {p.name.lower(): p for p in root.iterdir() if p.is_dir()}
@@ -131,40 +171,54 @@ def find_tasks(root: Path, wanted: list[str]) -> list[GlueTask]:
         if folder is None:
             if wanted:
                 raise LeantuneError(f"--tasks {t.name}: no {t.dir_name} folder in --data-dir {root}")
-            _note(True, f"glue: {t.dir_name}: no folder in {root}; skipped")
+            _note(main, f"glue: {t.dir_name}: no folder in {root}; skipped")
             continue
-        check_task_files(t, folder)
+        check_task_files(t, folder, main)
         found.append(dataclasses.replace(t, dir_name=folder.name))
     if not found:
         raise LeantuneError(f"--data-dir {root}: no GLUE task folder ({', '.join(t.dir_name for t in chosen)})")
+    if any(t.name == "mnli" for t in found):
+        diagnostic = _diagnostic_file(root)
+        if diagnostic is None:
+            _note(main, f"glue: {root / DIAGNOSTIC.dir_name / DIAGNOSTIC.files['test']}: not found; no AX.tsv")
+        else:
+            check_glue_file(DIAGNOSTIC, diagnostic, is_test=True)
     return sorted(found, key=lambda t: GLUE_ORDER.index(t.name))
 
 
-def check_task_files(t: GlueTask, folder: Path) -> None:
-    """Before hours of work: the training and dev files are there and their headers are the official ones
-    (every row is checked when the task's turn comes)."""
-    from leantune.data import load_glue_header
-
+def check_task_files(t: GlueTask, folder: Path, main: bool = True) -> None:
+    """Every file of the task read as loading reads it, keeping nothing (train and dev must be there)."""
     for split, name in t.files.items():
         path = folder / name
         if not path.exists():
             if split.startswith("test"):
-                _note(True, f"glue: {path}: not found; {t.dir_name} gets no submission file")
+                _note(main, f"glue: {path}: not found; {t.dir_name} gets no submission file")
                 continue
             raise LeantuneError(f"{path}: not found (a {t.dir_name} folder needs {', '.join(t.files.values())})")
-        load_glue_header(t, path, is_test=split.startswith("test"))
+        check_glue_file(t, path, is_test=split.startswith("test"))
 
 
-def settings(data: DataArguments, args: TrainingArguments) -> dict[str, Any]:
-    """What makes a run the run it is (JSON-normalised, to compare with a record read back)."""
-    both = {**data.to_dict(), **args.to_dict()}
+def _diagnostic_file(root: Path) -> Path | None:
+    folder = next((p for p in root.iterdir() if p.name.lower() == DIAGNOSTIC.dir_name), None)
+    path = folder / DIAGNOSTIC.files["test"] if folder else None
+    return path if path is not None and path.exists() else None
+
+
+def settings(data: DataArguments, args: TrainingArguments, processes: int = 1) -> dict[str, Any]:
+    """What makes a run the run it is (JSON-normalised, to compare with a record read back): the arguments that
+    change the maths, local paths resolved (`gd` and `/tmp/gd` are one directory), and the process count (the
+    global batch)."""
+    both = {**data.to_dict(), **args.to_dict(), "processes": processes}
+    for key in ("model", "data_dir"):
+        if both.get(key) and Path(both[key]).exists():
+            both[key] = str(Path(both[key]).resolve())
     return json.loads(json.dumps({k: v for k, v in both.items() if k not in _NOT_MATHS}, default=str))
 
 
-def finished(run_dir: Path, wanted: dict[str, Any], overwrite: bool) -> dict[str, Any] | None:
+def finished(run_dir: Path, wanted: dict[str, Any]) -> dict[str, Any] | None:
     """The run's record if it finished with these settings and its files are as it left them; else None."""
     path = run_dir / RUN_RECORD
-    if overwrite or not path.exists():
+    if not path.exists():
         return None
     try:
         record = json.loads(path.read_text())
@@ -184,6 +238,7 @@ def finished(run_dir: Path, wanted: dict[str, Any], overwrite: bool) -> dict[str
         if not (run_dir / name).is_file() or _sha256(run_dir / name) != meta.get("sha256"):
             _note(True, f"glue: {run_dir / name}: missing or changed since the run finished; that run is done again")
             return None
+    remove_checkpoints(run_dir)  # left by a kill between the record and the clean-up
     return record
 
 
@@ -195,19 +250,14 @@ def _prepare(task: GlueTask, data: DataArguments, root: Path) -> tuple[Any, Any]
     from leantune.run import prepare
 
     prepared = prepare(data)
-    axis = None
-    folder = (
-        next((p for p in root.iterdir() if p.name.lower() == DIAGNOSTIC.dir_name), None)
-        if task.name == "mnli"
-        else None
-    )
-    if folder is not None and (folder / DIAGNOSTIC.files["test"]).exists():
-        raw = DatasetDict({"test": load_glue_test(DIAGNOSTIC, folder / DIAGNOSTIC.files["test"])})
-        tok = prepared[2]
-        axis = tokenize(
-            raw, tok, task.text_columns, data.max_length or None, data.preprocessing_num_workers or None, data.cache_dir
-        )["test"]
-    return prepared, axis
+    diagnostic = _diagnostic_file(root) if task.name == "mnli" else None
+    if diagnostic is None:
+        return prepared, None
+    raw = DatasetDict({"test": load_glue_test(DIAGNOSTIC, diagnostic)})
+    workers = data.preprocessing_num_workers or None
+    return prepared, tokenize(raw, prepared[2], task.text_columns, data.max_length or None, workers, data.cache_dir)[
+        "test"
+    ]
 
 
 def run_one(spec: RunSpec, data: DataArguments, args: TrainingArguments, out: Path, prepared: Any, main: bool) -> dict:
@@ -233,12 +283,12 @@ def run_one(spec: RunSpec, data: DataArguments, args: TrainingArguments, out: Pa
         "train_seconds": result.metrics.get("train_runtime"),
         "seconds": round(time.perf_counter() - start, 1),
         "resumed": resume is not None,
-        "settings": settings(data, args),
+        "settings": settings(data, args, trainer.accelerator.num_processes),
         "files": files,
     }
     if main:
-        remove_checkpoints(run_dir)  # finished: the record and the files are what a rerun keeps
-        _write_json(run_dir / RUN_RECORD, record)
+        _write_json(run_dir / RUN_RECORD, record)  # first: a kill after it keeps the run (finished() cleans up)
+        remove_checkpoints(run_dir)
     return record
 
 
@@ -270,7 +320,7 @@ def predict_tests(trainer: Any, task: GlueTask, dsd: Any, axis: Any, run_dir: Pa
             tmp = path.with_name(f".{name}.tmp")
             tmp.write_text("\n".join(lines) + "\n")
             os.replace(tmp, path)
-            files[f"glue/{name}"] = {"sha256": _sha256(path), "rows": len(lines) - 1, "expected_rows": len(ds)}
+            files[f"glue/{name}"] = {"sha256": _sha256(path), "rows": len(lines) - 1}
     return files
 
 
@@ -287,11 +337,27 @@ def prune_models(task: GlueTask, records: dict[RunSpec, Any], out: Path, keep: s
                 f.unlink(missing_ok=True)
 
 
-def work(spec: RunSpec, args: TrainingArguments, root: Path) -> float:
-    """A run's size for the ETA: training examples x epochs (lines of train.tsv, counted without parsing)."""
-    with open(root / spec.task.dir_name / "train.tsv", "rb") as f:
-        rows = sum(1 for _ in f)
-    return rows * (args.num_train_epochs if args.max_steps <= 0 else 1)
+def _sizes(plan: Plan, root: Path) -> dict[str, int]:
+    """Each task's training rows for the ETA (lines of train.tsv, counted once per task without parsing)."""
+    sizes = {}
+    for spec, _, _ in plan:
+        if spec.task.name not in sizes:
+            with open(root / spec.task.dir_name / "train.tsv", "rb") as f:
+                sizes[spec.task.name] = sum(1 for _ in f)
+    return sizes
+
+
+def _epochs(args: TrainingArguments) -> float:
+    return args.num_train_epochs if args.max_steps <= 0 else 1.0
+
+
+def _note_other_tasks(out: Path, plan: Plan) -> None:
+    """Runs of tasks this command does not run stay on disk but out of its results and zip: say so."""
+    planned = {spec.task.dir_name for spec, _, _ in plan}
+    others = sorted(p.name for p in (out / "runs").glob("*") if p.is_dir() and p.name not in planned)
+    if others:
+        _note(True, f"glue: {out / 'runs'} also holds {', '.join(others)}: not in this command's tasks, so not in "
+                    f"its results and submission.zip (run with those tasks too to include them)")  # fmt: skip
 
 
 class Progress:
@@ -326,6 +392,22 @@ class Progress:
 
     def close(self) -> None:
         self.bar.close()
+
+
+def _note_missing_files(records: dict[RunSpec, Any], root: Path) -> None:
+    """A kept run that finished before a test file existed (a diagnostic folder added later) lacks it."""
+    for spec, record in records.items():
+        expected = [
+            n
+            for split, n in spec.task.submission_files.items()
+            if (root / spec.task.dir_name / spec.task.files[split]).exists()
+        ]
+        if spec.task.name == "mnli" and _diagnostic_file(root):
+            expected.append(DIAGNOSTIC.submission_files["test"])
+        missing = [n for n in expected if f"glue/{n}" not in record["files"]]
+        if missing:
+            _note(True, f"glue: {spec.label} finished before {', '.join(missing)} could be predicted; "
+                        f"--overwrite-output-dir (or deleting {spec.task.dir_name}'s runs) redoes it")  # fmt: skip
 
 
 def _by_task(records: dict[RunSpec, Any], tasks: list[GlueTask]) -> dict[GlueTask, list[dict[str, Any]]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from pathlib import Path
 from typing import Any
@@ -68,7 +69,7 @@ def read_overrides(path: str | None) -> dict[str, dict[str, Any]]:
             hints.setdefault(cls, typing.get_type_hints(cls))
             try:
                 result.setdefault(name, {})[f.name] = _coerce(value, hints[cls][f.name])
-            except ValueError:
+            except (ValueError, TypeError, OverflowError):
                 problems.append(f"{task_key}: {key}: {value!r} is not a valid {flag(f.name)} value")
     if problems:
         raise LeantuneError(f"--task-overrides {p}: " + "; ".join(problems))
@@ -101,11 +102,11 @@ def _coerce(value: Any, kind: Any) -> Any:
         return value
     if target is int:
         number = float(value)
-        if not number.is_integer():
+        if isinstance(value, bool) or not number.is_integer():
             raise ValueError(value)
         return int(number)
     if target is float:
-        if isinstance(value, bool):
+        if isinstance(value, bool) or not math.isfinite(float(value)):
             raise ValueError(value)
         return float(value)
     return str(value) if target is str else value
@@ -118,6 +119,7 @@ def task_arguments(
     args: TrainingArguments,
     override: dict[str, Any],
     lrs: list[float],
+    source: str | None = None,
 ) -> tuple[DataArguments, TrainingArguments, list[float]]:
     """The task's data and training arguments and its learning rates (its own, else --lrs, else --lr)."""
     data_over = {k: v for k, v in override.items() if k in _DATA_FIELDS}
@@ -126,6 +128,6 @@ def task_arguments(
         d = dataclasses.replace(data, task=task.name, data_dir=str(root / task.dir_name), **data_over)
         a = dataclasses.replace(args, **train_over)
     except LeantuneError as e:
-        raise LeantuneError(f"--task-overrides, task {task.name}: {e}") from None
+        raise LeantuneError(f"--task-overrides {source}: {task.name}: {e}") from None
     own = [a.learning_rate] if "learning_rate" in override else lrs
     return d, a, own or [a.learning_rate]

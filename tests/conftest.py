@@ -17,7 +17,8 @@ MRPC_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue" / "M
 @pytest.fixture(scope="session")
 def mrpc_dir() -> Path:
     if not (MRPC_DIR / "train.tsv").exists():
-        pytest.skip(f"MRPC files not found at {MRPC_DIR}")
+        # CI has ../shared beside the clone: there a missing file is a broken set-up, not a reason to skip
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(f"MRPC files not found at {MRPC_DIR}")
     return MRPC_DIR
 
 

@@ -15,6 +15,8 @@ WORDS = [*["the", "cat", "dog", "house", "car", "river", "tree", "green", "small
 
 TEST_ROWS = {"CoLA": 7, "SST-2": 6, "MRPC": 5, "QQP": 6, "STS-B": 5, "MNLI": 5, "QNLI": 6, "RTE": 5, "WNLI": 4}
 AX_ROWS = 6
+# where a test file's index column starts (the real files count from 0): the submission must use the column
+INDEX_FROM = {"QQP": 100, "MRPC": 7}
 
 
 def _sentence(rng: random.Random) -> str:
@@ -95,11 +97,18 @@ def make_glue_dir(root: Path, n_train: int = 16, n_dev: int = 8, seed: int = 0) 
     for task, header in tests.items():
         texts = sum(1 for h in header if h in ("sentence", "#1 String", "#2 String", "question1", "question2",
                                                    "question", "sentence1", "sentence2"))  # fmt: skip
-        fill = len(header) - 1 - texts
+        fill, first = len(header) - 1 - texts, INDEX_FROM.get(task, 0)
         _write(
             root / task / "test.tsv",
             header,
-            split(TEST_ROWS[task], lambda i, f=fill, n=texts: [str(i), *(["x"] * f), *(s() for _ in range(n))]),
+            split(
+                TEST_ROWS[task],
+                lambda i, f=fill, n=texts, o=first: [
+                    str(o + i),
+                    *(["x"] * f),
+                    *(s() for _ in range(n)),
+                ],
+            ),
         )
     _write(root / "diagnostic" / "diagnostic.tsv", ["index", "sentence1", "sentence2"], split(AX_ROWS, lambda i: [str(i), s(), s()]))  # fmt: skip
     return root

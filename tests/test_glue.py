@@ -43,8 +43,16 @@ def suite(tiny_bert, tmp_path_factory) -> tuple[Path, Path]:
     return data, out
 
 
+def _test_file(data: Path, name: str) -> Path:
+    if name == "AX.tsv":
+        return data / "diagnostic" / "diagnostic.tsv"
+    if name.startswith("MNLI"):
+        return data / "MNLI" / ("test_matched.tsv" if name == "MNLI-m.tsv" else "test_mismatched.tsv")
+    return data / name.removesuffix(".tsv") / "test.tsv"
+
+
 def test_every_task_runs_and_the_submission_is_what_the_glue_server_grades(suite):
-    _, out = suite
+    data, out = suite
     with zipfile.ZipFile(out / "submission.zip") as z:
         assert z.namelist() == SUBMISSION_FILES  # exactly the 11 files, by their server names
         for name in SUBMISSION_FILES:
@@ -52,7 +60,9 @@ def test_every_task_runs_and_the_submission_is_what_the_glue_server_grades(suite
             task = name.removesuffix(".tsv")
             rows = AX_ROWS if task == "AX" else TEST_ROWS[task.split("-m")[0]]
             assert lines[0] == "index\tprediction"
-            assert [int(line.split("\t")[0]) for line in lines[1:]] == list(range(rows)), name
+            # the test file's own index column (QQP's `id`), row for row
+            index = [line.split("\t")[0] for line in _test_file(data, name).read_text().splitlines()[1:]]
+            assert [line.split("\t")[0] for line in lines[1:]] == index and len(index) == rows, name
             values = {line.split("\t")[1] for line in lines[1:]}
             if task == "STS-B":
                 assert all(0.0 <= float(v) <= 5.0 for v in values)
@@ -78,7 +88,7 @@ def test_the_glue_score_is_the_mean_of_each_tasks_mean_metric(suite):
     assert html.count("<img") == 9 and "published, not run here" in html
     config = json.loads((out / "runs" / "MRPC" / "lr5e-05-seed42" / "leantune_config.json").read_text())
     assert config["training"]["per_device_train_batch_size"] == 4  # the task's override
-    assert config["training"]["save_strategy"] == "epoch"
+    assert config["training"]["save_strategy"] == "epoch" and config["training"]["save_total_limit"] == 1
 
 
 def test_a_second_run_of_the_same_command_redoes_nothing(suite, tiny_bert, monkeypatch, capsys):
@@ -112,7 +122,7 @@ def test_the_sweep_keeps_the_lr_with_the_best_mean_and_its_best_seed():
 
     def rec(lr, seed, f1, acc):
         return {"lr": lr, "seed": seed, "metrics": {"eval_f1": f1, "eval_accuracy": acc}, "seconds": 1.0,
-                "files": {"glue/MRPC.tsv": {"rows": 1, "expected_rows": 1}}}  # fmt: skip
+                "files": {"glue/MRPC.tsv": {"rows": 1}}}  # fmt: skip
 
     # 1e-5 has the best single run (0.95) but the worse mean; 2e-5 wins on the mean
     records = [rec(1e-5, 1, 0.95, 0.9), rec(1e-5, 2, 0.60, 0.6), rec(2e-5, 1, 0.85, 0.8), rec(2e-5, 2, 0.90, 0.7)]
@@ -169,17 +179,48 @@ def test_bad_input_is_one_line_naming_the_file_and_nothing_is_written(tiny_bert,
         == f"leantune: error: {dev}: column 'sentence2' not found; columns are: index, sentence1, sentence_2, label"
     )
     assert not out.exists()
+    # a bad row deep in a later task's file (after a blank line) or in the diagnostic file: found before any run
+    dev.write_text(dev.read_text().replace("sentence_2", "sentence2", 1))
+    train = data / "WNLI" / "train.tsv"
+    lines = train.read_text().splitlines()
+    train.write_text("\n".join([*lines[:5], "", lines[5].rsplit("\t", 1)[0] + "\t7", *lines[6:]]) + "\n")
+    assert _glue(tiny_bert, data, out) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"leantune: error: {train}: labels outside wnli's label set ['not_entailment', 'entailment'] on lines 7"
+    )
+    train.write_text("\n".join(lines) + "\n")
+    diagnostic = data / "diagnostic" / "diagnostic.tsv"
+    diagnostic.write_text("index\tsentence1\n0\ta\n")
+    assert _glue(tiny_bert, data, out, "--tasks", "mnli") == 2
+    assert f"leantune: error: {diagnostic}: column 'sentence2' not found" in capsys.readouterr().err
+    assert not out.exists()
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"rte": {"epochs": "many", "colour": 1}, "nope": {}}))
+    bad.write_text(json.dumps({"rte": {"epochs": "many", "colour": 1, "lr": [1e-5, 2e-5]}, "nope": {}}))
     assert _glue(tiny_bert, data, out, "--tasks", "mrpc", "--task-overrides", str(bad)) == 2
     line = capsys.readouterr().err.strip()
     assert line.startswith(f"leantune: error: --task-overrides {bad}: ") and "\n" not in line
     assert "'many' is not a valid --num-train-epochs value" in line and "'colour'" in line and "'nope'" in line
+    assert "[1e-05, 2e-05] is not a valid --learning-rate value" in line
     assert _glue(tiny_bert, data, out, "--tasks", "cola") == 2  # asked for, not there: an error, not a skip
     assert capsys.readouterr().err.strip() == f"leantune: error: --tasks cola: no CoLA folder in --data-dir {data}"
     assert _glue(tiny_bert, data, out, "--lrs", "2e-5,fast") == 2
     assert "--lrs takes comma-separated floats" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_each_prediction_is_written_as_the_tasks_files_encode_that_label():
+    import numpy as np
+
+    # WNLI's files say 1 for entailment, RTE's and QNLI's say the name; MNLI's order is the files' own
+    files_say = {"wnli": ("1", "entailment"), "rte": ("not_entailment", "not_entailment"),
+                 "qnli": ("entailment", "entailment"), "mrpc": ("1", "equivalent"), "cola": ("0", "unacceptable"),
+                 "sst2": ("1", "positive"), "qqp": ("0", "not_duplicate"), "mnli": ("neutral", "neutral")}  # fmt: skip
+    for name, (written, meaning) in files_say.items():
+        task = GLUE_TASKS[name]
+        k = task.label_names.index(meaning)
+        logits = np.eye(len(task.label_names))[[k]]
+        assert task.submission_lines(logits, [0])[1] == f"0\t{written}", name
+        assert task.problem.parse(written) == k, name  # and reading the training file gives that class back
 
 
 def test_sts_b_scores_are_clipped_to_the_scale_the_server_grades():
