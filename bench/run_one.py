@@ -125,7 +125,7 @@ def load(args):
     from transformers import AutoTokenizer
 
     from leantune.config import default_model
-    from leantune.data import load_glue
+    from leantune.data.load import load_glue
 
     model_dir = args.model or default_model()
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -228,7 +228,7 @@ def run_hf(args, system: str):
 
 def run_leantune(args, variant: str):
     from leantune import Trainer, TrainingArguments
-    from leantune.model import load_model
+    from leantune.train.model import load_model
 
     model_dir, tok, data = load(args)
     labels = tuple(str(i) for i in range(28)) if args.task == "goemotions" else ("not_equivalent", "equivalent")
@@ -280,7 +280,7 @@ def main():
     # first thing, before this process's first matrix multiply (MKL picks its code path there)
     tuning_args, tuning = tuning_of(args.system), None
     if tuning_args is not None:
-        import leantune.trainer  # noqa: F401 -- loaded first, as the leantune command does (see speed/process.py)
+        import leantune.train.trainer  # noqa: F401 -- loaded first, as the leantune command does (see speed/process.py)
         from leantune.speed.process import tune_process
 
         tuning = tune_process(**tuning_args)

@@ -11,24 +11,24 @@ from typing import Any
 # Ctrl-C while torch and transformers load is the command's to answer, in one line.
 _EXPORTS = {
     "AdamW": "torch.optim",  # the course's `from transformers import AdamW`, which transformers removed
-    "DataCollatorWithPadding": "leantune.collate",
-    "LengthGroupedBatchSampler": "leantune.collate",
+    "DataCollatorWithPadding": "leantune.data.collate",
+    "LengthGroupedBatchSampler": "leantune.data.collate",
     "DataArguments": "leantune.config",
     "TrainingArguments": "leantune.config",
-    "DataInfo": "leantune.data",
-    "load_data": "leantune.data",
-    "load_files": "leantune.data",
-    "load_glue": "leantune.data",
-    "tokenize": "leantune.data",
+    "DataInfo": "leantune.data.load",
+    "load_data": "leantune.data.load",
+    "load_files": "leantune.data.load",
+    "load_glue": "leantune.data.load",
+    "tokenize": "leantune.data.load",
     "LeantuneError": "leantune.errors",
     "EvalPrediction": "leantune.metrics",
     "build_compute_metrics": "leantune.metrics",
     "load_metric": "leantune.metrics",
     "process_tuning": "leantune.speed.process",
     "tune_process": "leantune.speed.process",
-    "PredictionOutput": "leantune.trainer",
-    "Trainer": "leantune.trainer",
-    "TrainOutput": "leantune.trainer",
+    "PredictionOutput": "leantune.train.trainer",
+    "Trainer": "leantune.train.trainer",
+    "TrainOutput": "leantune.train.trainer",
 }
 
 
@@ -57,7 +57,7 @@ def load_dataset(path: str, name: str | None = None, data_dir: str | None = None
     Anything other than GLUE is passed to `datasets.load_dataset`.
     """
     if path in ("glue", "nyu-mll/glue") and name:
-        from leantune.data import load_glue
+        from leantune.data.load import load_glue
 
         return load_glue(name, data_dir)[0]
     import datasets

@@ -47,7 +47,7 @@ def _parser(name: str, help: str, split_default: str | None) -> argparse.Argumen
 
 
 def _report_parser(name: str, help: str, split_default: str | None) -> argparse.ArgumentParser:
-    from leantune.report import add_report_arguments
+    from leantune.report.write import add_report_arguments
 
     p = _Parser(prog=f"leantune {name}", description=help)
     add_report_arguments(p)
@@ -73,7 +73,7 @@ def _glue_parser(name: str, help: str, split_default: str | None) -> argparse.Ar
 def _glue(ns: argparse.Namespace) -> int:
     import dataclasses
 
-    from leantune.glue import run_glue
+    from leantune.glue.run import run_glue
 
     given = vars(ns)
     # every run checkpoints each epoch, the newest one kept (a checkpoint holds the optimizer's state too: three
@@ -102,7 +102,7 @@ def _train(ns: argparse.Namespace) -> int:
 
 
 def _report(ns: argparse.Namespace) -> int:
-    from leantune.report import report_command
+    from leantune.report.write import report_command
 
     return report_command(ns)
 
@@ -187,7 +187,7 @@ def _own_process(ns: argparse.Namespace) -> None:
     training's "speed levers" line (evaluate/predict: a "process:" line) and of leantune_config.json, not a
     line of its own here: a command that ends in a bad-input error prints that one line only.
     """
-    from leantune.distributed import on_cpu, set_threads_per_process
+    from leantune.train.distributed import on_cpu, set_threads_per_process
 
     if from_namespace(ProcessArguments, ns).tune_process:
         from leantune.speed.process import tune_process

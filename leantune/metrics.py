@@ -18,8 +18,8 @@ import numpy as np
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import f1_score, matthews_corrcoef
 
+from leantune.data.tasks import GLUE_TASKS, get_task
 from leantune.errors import LeantuneError
-from leantune.tasks import GLUE_TASKS, get_task
 
 
 class EvalPrediction(NamedTuple):

@@ -18,18 +18,18 @@ from typing import Any
 import numpy as np
 from accelerate.utils import set_seed
 
-from leantune.checkpoint import checkpoint_dirs, remove_checkpoints, resolve_checkpoint
-from leantune.collate import has_labels
 from leantune.config import DataArguments, TrainingArguments, save_config
-from leantune.data import DataInfo, load_data, tokenize
+from leantune.data.collate import has_labels
+from leantune.data.load import DataInfo, load_data, tokenize
+from leantune.data.tasks import get_task
 from leantune.errors import LeantuneError
-from leantune.model import load_model, load_tokenizer
 from leantune.problem import ProblemType
-from leantune.report import finish_run
-from leantune.runlog import write_json_atomic
+from leantune.report.write import finish_run
 from leantune.speed.process import process_line, process_tuning
-from leantune.tasks import get_task
-from leantune.trainer import PredictionOutput, Trainer, TrainOutput
+from leantune.train.checkpoint import checkpoint_dirs, remove_checkpoints, resolve_checkpoint
+from leantune.train.model import load_model, load_tokenizer
+from leantune.train.runlog import write_json_atomic
+from leantune.train.trainer import PredictionOutput, Trainer, TrainOutput
 
 CONFIG_FILE = "leantune_config.json"
 # Files that mark a directory as holding a previous run.

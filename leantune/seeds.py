@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from leantune.config import DataArguments, TrainingArguments
-from leantune.distributed import on_cpu
 from leantune.errors import LeantuneError
-from leantune.plots import metric_keys
-from leantune.report import higher_is_better, load_run, main_metric_key, write_report
-from leantune.runlog import write_json_atomic
+from leantune.report.plots import metric_keys
+from leantune.report.read import higher_is_better, load_run, main_metric_key
+from leantune.report.write import write_report
+from leantune.train.distributed import on_cpu
+from leantune.train.runlog import write_json_atomic
 
 STD_NOTE = "std is the sample standard deviation (n - 1 in the denominator); 0 for a single seed"
 

@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from leantune.cli import main
-from leantune.data import load_files
+from leantune.data.load import load_files
 from leantune.errors import LeantuneError
 
 
@@ -625,7 +625,7 @@ def test_overlong_and_empty_texts_are_accepted(shared, tmp_path):
     from datasets import Dataset, DatasetDict
     from transformers import AutoTokenizer
 
-    from leantune.data import tokenize
+    from leantune.data.load import tokenize
 
     tok = AutoTokenizer.from_pretrained(shared["model"])  # model_max_length 128
     raw = DatasetDict({"train": Dataset.from_list([{"text": "word " * 5000, "label": 1}, {"text": "", "label": 0}])})

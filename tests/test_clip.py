@@ -7,8 +7,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from leantune.optim import clip_grad_norm
 from leantune.speed import kernels
+from leantune.train.optim import clip_grad_norm
 
 
 def _params_and_optimizer(fused: bool = True) -> tuple[list[torch.nn.Parameter], torch.optim.Optimizer]:

@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from leantune.collate import DataCollatorWithPadding, LengthGroupedBatchSampler, sorted_batches
+from leantune.data.collate import DataCollatorWithPadding, LengthGroupedBatchSampler, sorted_batches
 
 
 def test_pads_to_longest_with_mask_token_types_and_labels():

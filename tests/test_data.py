@@ -10,7 +10,7 @@ import pytest
 from conftest import write_csv
 from datasets import ClassLabel, Value
 
-from leantune.data import load_data, load_files, load_glue, tokenize
+from leantune.data.load import load_data, load_files, load_glue, tokenize
 from leantune.errors import LeantuneError
 
 

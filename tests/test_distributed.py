@@ -12,7 +12,7 @@ import torch
 from conftest import toy_rows, write_csv
 from safetensors.torch import load_file
 
-from leantune.distributed import ShardedBatchSampler, eval_batches, shard
+from leantune.train.distributed import ShardedBatchSampler, eval_batches, shard
 
 
 def torchrun(n: int, *args: str) -> subprocess.CompletedProcess:

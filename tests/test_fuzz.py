@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from leantune.data import load_files, load_glue
+from leantune.data.load import load_files, load_glue
 from leantune.errors import LeantuneError
 
 COLUMNS = ["text", "sentence1", "sentence2", "label", "idx", "note"]

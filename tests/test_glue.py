@@ -17,8 +17,8 @@ import pytest
 from glue_fixture import AX_ROWS, TEST_ROWS, make_glue_dir
 
 from leantune.cli import main
-from leantune.glue_report import SUBMISSION_FILES, select
-from leantune.tasks import GLUE_TASKS
+from leantune.data.tasks import GLUE_TASKS
+from leantune.glue.results import SUBMISSION_FILES, select
 
 # what the server grades in each file
 FORMATS = {

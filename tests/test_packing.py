@@ -14,7 +14,7 @@ from datasets import Dataset, DatasetDict
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForSequenceClassification
 
 from leantune import Trainer, TrainingArguments, tokenize
-from leantune.collate import DataCollatorWithPadding
+from leantune.data.collate import DataCollatorWithPadding
 from leantune.speed import packing, varlen
 from leantune.speed.packing import PackedCollator, packed_batches
 from leantune.speed.varlen import packed_attention

@@ -15,8 +15,8 @@ import torch
 from conftest import toy_rows, write_csv
 
 from leantune.cli import main
+from leantune.data.files import load_files
 from leantune.errors import LeantuneError
-from leantune.files import load_files
 from leantune.metrics import compute
 from leantune.problem import ProblemType
 
@@ -129,7 +129,7 @@ def test_arguments_can_be_replaced_as_multi_seed_runs_do() -> None:
 
 def test_the_python_api_of_before_still_works() -> None:
     import leantune
-    from leantune.files import DataInfo
+    from leantune.data.files import DataInfo
     from leantune.metrics import build_compute_metrics
 
     assert leantune.config.default_model()  # submodules through the package, as the README writes it
@@ -140,7 +140,7 @@ def test_the_python_api_of_before_still_works() -> None:
 
 
 def test_torch_formatted_float_labels_collate_as_floats() -> None:
-    from leantune.collate import row_values
+    from leantune.data.collate import row_values
 
     assert row_values([{"labels": torch.tensor(1.5)}, {"labels": torch.tensor(2.0)}])["labels"].dtype == torch.float32
     hot = row_values([{"label": torch.tensor([1.0, 0.0])}, {"label": torch.tensor([0.0, 1.0])}])["labels"]

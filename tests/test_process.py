@@ -26,7 +26,7 @@ result = {}
 if mode == "matmul-first":
     torch.randn(64, 64) @ torch.randn(64, 64)
 if mode in ("tune", "matmul-first"):
-    import leantune.trainer  # as the leantune command: its libraries are loaded when it tunes
+    import leantune.train.trainer  # as the leantune command: its libraries are loaded when it tunes
     from leantune import tune_process
     result["tuning"] = tune_process()
 if mode == "train":  # the library as a user's script uses it: import, build, train; no tune_process()

@@ -15,8 +15,8 @@ from test_cli import run
 
 from leantune.config import RunArguments
 from leantune.errors import LeantuneError
-from leantune.report import write_report
-from leantune.runlog import RunLog
+from leantune.report.write import write_report
+from leantune.train.runlog import RunLog
 
 PNGS = ("loss_lr.png", "eval_metrics.png", "confusion_matrix.png", "lengths.png")
 

@@ -21,15 +21,15 @@ import torch
 from conftest import toy_rows, write_csv
 from safetensors.torch import load_file
 
-from leantune.checkpoint import (
+from leantune.cli import main
+from leantune.errors import LeantuneError
+from leantune.train.checkpoint import (
     checkpoint_dirs,
     resolve_checkpoint,
     rotate_checkpoints,
     verify_checkpoint,
     write_checkpoint,
 )
-from leantune.cli import main
-from leantune.errors import LeantuneError
 
 # 96 rows in batches of 8: 12 steps an epoch, so checkpoints every 3 steps land mid-epoch and on epoch ends.
 EPOCHS = 10
@@ -378,7 +378,7 @@ def test_a_fresh_overwrite_run_removes_the_old_checkpoints(tiny_bert, files, tmp
 
 
 def test_the_gpu_guard_reports_the_first_bad_step_without_reading_back_each_step():
-    from leantune.control import NonFiniteGuard
+    from leantune.train.control import NonFiniteGuard
 
     guard = NonFiniteGuard(skip=False, device=torch.device("cpu"))
     guard.lazy = True  # what a CUDA device gets: bad steps are remembered on the device until a flush

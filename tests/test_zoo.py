@@ -314,7 +314,9 @@ def trained(zoo: Zoo, csv_files: dict[str, Path], tmp_path_factory: pytest.TempP
             with pytest.MonkeyPatch.context() as mp:
                 # report.html is drawn from the run's files alone, never the model (tests/test_cli.py and
                 # test_report.py cover it); its plots would cost ~1.5 s a family. Its inputs are still written.
-                mp.setattr("leantune.report.write_report", lambda dirs, output=None: Path(dirs[0]) / "report.html")
+                mp.setattr(
+                    "leantune.report.write.write_report", lambda dirs, output=None: Path(dirs[0]) / "report.html"
+                )
                 _cli(
                     "train",
                     "--model",

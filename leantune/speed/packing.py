@@ -58,7 +58,7 @@ class PackedCollator:
         self.position_offset = position_offset
 
     def __call__(self, features: Sequence[dict[str, Any]] | dict[str, list]) -> dict[str, Any]:
-        from leantune.collate import row_values
+        from leantune.data.collate import row_values
 
         if isinstance(features, dict):  # a column dict, as `dataset[:8]` gives it
             n = len(next(iter(features.values())))
@@ -117,7 +117,7 @@ def replaces(collator: Any) -> bool:
     padded batches give the packed batch's logits. Left padding moves [CLS] off position 0, so it is kept."""
     from transformers import DataCollatorWithPadding as HFCollator
 
-    from leantune.collate import DataCollatorWithPadding
+    from leantune.data.collate import DataCollatorWithPadding
 
     if type(collator) is DataCollatorWithPadding:
         return not collator.pad_left and not collator.pad_to_multiple_of
@@ -282,7 +282,7 @@ def _probe_rows(model: nn.Module) -> list[dict[str, list[int]]]:
 
 def _probe(model: nn.Module, cls_only: bool) -> str | None:
     """The packed batch must give the padded batch's logits and every parameter's gradient."""
-    from leantune.collate import DataCollatorWithPadding
+    from leantune.data.collate import DataCollatorWithPadding
     from leantune.speed.clsonly import _gradient_problem, _logits_and_grads, _patched, _probing
 
     rows = _probe_rows(model)

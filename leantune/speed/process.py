@@ -6,12 +6,12 @@ Two settings, each of the whole process, so a library must not make them behind 
   * malloc: glibc keeps freed memory mapped for the next step (`leantune/speed/malloc.py`); it cannot be
     undone, and the resident size stays at its peak.
 
-    import leantune.trainer        # the libraries a training script loads
+    import leantune.train.trainer        # the libraries a training script loads
     leantune.tune_process()        # then, before any matrix multiply
 
 Made right after `import torch`, before the other libraries are loaded, the malloc setting did not keep
 64 MB blocks mapped on an AMD EPYC VM (49-65k page faults over 7 allocations, against 0 when made after
-importing leantune.trainer; why is not understood yet), so make it once the libraries are loaded, as the
+importing leantune.train.trainer; why is not understood yet), so make it once the libraries are loaded, as the
 command does. The `leantune` command calls it at start-up, as it owns its process (`--no-tune-process` to leave the
 process as it is). What was done, and why not where not, is logged in one line, kept for this process
 (`process_tuning()`), and written into each run's `leantune_config.json` (its `speed` block).

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from leantune.config import DataArguments, TrainingArguments, flag
+from leantune.data.tasks import GlueTask, get_task
 from leantune.errors import LeantuneError
-from leantune.tasks import GlueTask, get_task
 
 # What a task may change: how it trains, and how much of its data it reads. Not where runs go, nor the seed
 # (the seeds are the sweep's), nor the model or the data (the suite's).

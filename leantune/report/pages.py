@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from leantune import plots
-from leantune.htmlreport import esc, fmt, image, note, page, section, table
 from leantune.problem import ProblemType
-from leantune.report import WORST_SHOWN, RunData, higher_is_better, main_metric_key
+from leantune.report import plots
+from leantune.report.html import esc, fmt, image, note, page, section, table
+from leantune.report.read import WORST_SHOWN, RunData, higher_is_better, main_metric_key
 
 # ---------------------------------------------------------------- one run ---------------------------
 

@@ -10,10 +10,10 @@ from typing import Any
 import torch
 
 from leantune.config import TrainingArguments
-from leantune.distributed import on_cpu
 from leantune.errors import LeantuneError
 from leantune.speed import kernels
 from leantune.speed.compact import full_shape_optimizer_state
+from leantune.train.distributed import on_cpu
 
 
 def check_precision(args: TrainingArguments) -> None:

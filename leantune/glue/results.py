@@ -17,7 +17,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from leantune.tasks import GLUE_TASKS, GlueTask
+from leantune.data.tasks import GLUE_TASKS, GlueTask
 
 GLUE_ORDER = ["cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli"]
 SUBMISSION_FILES = [f for n in GLUE_ORDER for f in GLUE_TASKS[n].submission_files.values()]
@@ -179,17 +179,6 @@ def markdown(res: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def write_outputs(out: Path, by_task: dict[GlueTask, list[dict[str, Any]]], model: str) -> dict:
-    """The end of the job: results.json/md (final), report.html and submission.zip."""
-    res = write_results(out, by_task, model, partial=False)
-    res["submission"] = write_submission(out, res)
-    _write(out / "results.json", json.dumps(res, indent=2) + "\n")
-    from leantune.glue_page import write_page
-
-    write_page(out, res, by_task)
-    return res
 
 
 def write_submission(out: Path, res: dict[str, Any]) -> dict[str, Any]:

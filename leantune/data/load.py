@@ -24,9 +24,9 @@ import datasets
 import pyarrow as pa
 from datasets import Dataset, DatasetDict, Features, Value
 
+from leantune.data.files import DataInfo, column_list, few, load_files
+from leantune.data.tasks import GlueTask, get_task
 from leantune.errors import LeantuneError
-from leantune.files import DataInfo, column_list, few, load_files
-from leantune.tasks import GlueTask, get_task
 
 # ---------------------------------------------------------------- GLUE ----------------------------
 

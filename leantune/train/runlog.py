@@ -15,7 +15,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from leantune.tblog import TensorBoardWriter
+from leantune.report.tensorboard import TensorBoardWriter
 
 
 class RunLog:

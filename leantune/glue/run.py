@@ -7,21 +7,19 @@ best seed's test predictions go into the submission. What OUT holds:
     runs/<Task>/lr<LR>-seed<S>/   a `leantune train` run, plus glue/<File>.tsv (its test predictions in the
                                   GLUE server's format) and glue_run.json, written last: a run is finished
                                   when that record is there and the files it lists hash as it says
-    results.json, results.md      rewritten after every run (leantune/glue_report.py)
+    results.json, results.md      rewritten after every run (leantune/glue/results.py)
     report.html, submission.zip   at the end
 
 Resuming is the same command again: finished runs are kept, the interrupted one continues from its checkpoint,
 nothing is redone. A finished run of other settings (another model, other epochs) is an error, never mixed in.
 
-    from leantune.glue import run_glue
+    from leantune.glue.run import run_glue
     run_glue(GlueArguments("glue_data", seeds="1,2,3"), DataArguments(), TrainingArguments("out"))
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 import sys
 import time
@@ -29,32 +27,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from leantune.checkpoint import checkpoint_dirs, remove_checkpoints
 from leantune.config import DataArguments, GlueArguments, TrainingArguments
-from leantune.data import check_glue_file
-from leantune.distributed import on_cpu
+from leantune.data.load import check_glue_file
+from leantune.data.tasks import DIAGNOSTIC, GLUE_TASKS, GlueTask, get_task
 from leantune.errors import LeantuneError
-from leantune.glue_report import GLUE_ORDER, duration, select, write_outputs, write_results
-from leantune.glue_settings import read_overrides, task_arguments
-from leantune.tasks import DIAGNOSTIC, GLUE_TASKS, GlueTask, get_task
-
-RUN_RECORD = "glue_run.json"
-# Settings that do not change a run's maths: a finished run stays valid when only these differ.
-_NOT_MATHS = {
-    "output_dir",
-    "overwrite_output_dir",
-    "resume_from_checkpoint",
-    "disable_tqdm",
-    "report_to",
-    "dataloader_num_workers",
-    "ddp_timeout",
-    "save_strategy",
-    "save_steps",
-    "save_total_limit",
-    "logging_steps",
-    "preprocessing_num_workers",
-    "cache_dir",
-}
+from leantune.glue.page import write_page
+from leantune.glue.records import RUN_RECORD, finished, settings, sha256, write_json
+from leantune.glue.results import GLUE_ORDER, duration, select, write_results, write_submission
+from leantune.glue.settings import read_overrides, task_arguments
+from leantune.train.checkpoint import checkpoint_dirs, remove_checkpoints
+from leantune.train.distributed import on_cpu
 
 
 @dataclass(frozen=True)
@@ -88,7 +70,7 @@ def run_glue(glue: GlueArguments, data: DataArguments, args: TrainingArguments) 
     records = _decide(plan, out, args.overwrite_output_dir, state)
     if main:
         out.mkdir(parents=True, exist_ok=True)
-        _write_json(out / "glue.json", {"glue": glue.to_dict(), "data": data.to_dict(), "training": args.to_dict()})
+        write_json(out / "glue.json", {"glue": glue.to_dict(), "data": data.to_dict(), "training": args.to_dict()})
         _note_other_tasks(out, plan)
     sizes = _sizes(plan, root)
     progress = Progress(
@@ -122,8 +104,8 @@ Plan = list[tuple["RunSpec", DataArguments, TrainingArguments]]
 def make_plan(glue: GlueArguments, data: DataArguments, args: TrainingArguments, root: Path, main: bool) -> Plan:
     """Every (task, lr, seed) run with its arguments, after checking every input in full: the files (each row,
     as loading reads them), the per-task settings, the lengths the tokenizer can take."""
-    from leantune.data import check_max_length
-    from leantune.model import load_tokenizer
+    from leantune.data.load import check_max_length
+    from leantune.train.model import load_tokenizer
 
     tasks = find_tasks(root, glue.task_list, main)
     overrides = read_overrides(glue.task_overrides)
@@ -204,49 +186,11 @@ def _diagnostic_file(root: Path) -> Path | None:
     return path if path is not None and path.exists() else None
 
 
-def settings(data: DataArguments, args: TrainingArguments, processes: int = 1) -> dict[str, Any]:
-    """What makes a run the run it is (JSON-normalised, to compare with a record read back): the arguments that
-    change the maths, local paths resolved (`gd` and `/tmp/gd` are one directory), and the process count (the
-    global batch)."""
-    both = {**data.to_dict(), **args.to_dict(), "processes": processes}
-    for key in ("model", "data_dir"):
-        if both.get(key) and Path(both[key]).exists():
-            both[key] = str(Path(both[key]).resolve())
-    return json.loads(json.dumps({k: v for k, v in both.items() if k not in _NOT_MATHS}, default=str))
-
-
-def finished(run_dir: Path, wanted: dict[str, Any]) -> dict[str, Any] | None:
-    """The run's record if it finished with these settings and its files are as it left them; else None."""
-    path = run_dir / RUN_RECORD
-    if not path.exists():
-        return None
-    try:
-        record = json.loads(path.read_text())
-        files = record["files"]
-    except (OSError, ValueError, KeyError, TypeError):
-        _note(True, f"glue: {path}: unreadable; that run is done again")
-        return None
-    if record.get("settings") != wanted:
-        changed = sorted(
-            k for k in {*wanted, *record.get("settings", {})} if record["settings"].get(k) != wanted.get(k)
-        )
-        raise LeantuneError(
-            f"{run_dir}: finished with other settings ({', '.join(changed[:5])} differ); rerun with the same "
-            f"flags, or pass --overwrite-output-dir to redo every run, or pick another --output-dir"
-        )
-    for name, meta in files.items():
-        if not (run_dir / name).is_file() or _sha256(run_dir / name) != meta.get("sha256"):
-            _note(True, f"glue: {run_dir / name}: missing or changed since the run finished; that run is done again")
-            return None
-    remove_checkpoints(run_dir)  # left by a kill between the record and the clean-up
-    return record
-
-
 def _prepare(task: GlueTask, data: DataArguments, root: Path) -> tuple[Any, Any]:
     """The task's data, tokenized once (cached on disk) for all its runs; MNLI also gets the diagnostic set."""
     from datasets import DatasetDict
 
-    from leantune.data import load_glue_test, tokenize
+    from leantune.data.load import load_glue_test, tokenize
     from leantune.run import prepare
 
     prepared = prepare(data)
@@ -287,7 +231,7 @@ def run_one(spec: RunSpec, data: DataArguments, args: TrainingArguments, out: Pa
         "files": files,
     }
     if main:
-        _write_json(run_dir / RUN_RECORD, record)  # first: a kill after it keeps the run (finished() cleans up)
+        write_json(run_dir / RUN_RECORD, record)  # first: a kill after it keeps the run (finished() cleans up)
         remove_checkpoints(run_dir)
     return record
 
@@ -320,7 +264,7 @@ def predict_tests(trainer: Any, task: GlueTask, dsd: Any, axis: Any, run_dir: Pa
             tmp = path.with_name(f".{name}.tmp")
             tmp.write_text("\n".join(lines) + "\n")
             os.replace(tmp, path)
-            files[f"glue/{name}"] = {"sha256": _sha256(path), "rows": len(lines) - 1}
+            files[f"glue/{name}"] = {"sha256": sha256(path), "rows": len(lines) - 1}
     return files
 
 
@@ -394,6 +338,15 @@ class Progress:
         self.bar.close()
 
 
+def write_outputs(out: Path, by_task: dict[GlueTask, list[dict[str, Any]]], model: str) -> dict[str, Any]:
+    """The end of the job: results.json/md (final), submission.zip and report.html."""
+    res = write_results(out, by_task, model, partial=False)
+    res["submission"] = write_submission(out, res)
+    write_json(out / "results.json", res)
+    write_page(out, res, by_task)
+    return res
+
+
 def _note_missing_files(records: dict[RunSpec, Any], root: Path) -> None:
     """A kept run that finished before a test file existed (a diagnostic folder added later) lacks it."""
     for spec, record in records.items():
@@ -416,20 +369,6 @@ def _by_task(records: dict[RunSpec, Any], tasks: list[GlueTask]) -> dict[GlueTas
 
 def _last_of_task(spec: RunSpec, plan: list[tuple[RunSpec, Any, Any]]) -> bool:
     return [s for s, _, _ in plan if s.task.name == spec.task.name][-1] == spec
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 def _note(enabled: bool, message: str) -> None:

@@ -13,13 +13,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from leantune.collate import WithPositions, has_labels, lengths_of, sorted_batches
-from leantune.distributed import eval_batches, gather_outputs
+from leantune.data.collate import WithPositions, has_labels, lengths_of, sorted_batches
 from leantune.errors import LeantuneError
 from leantune.metrics import EvalPrediction
 from leantune.problem import ProblemType
 from leantune.speed.clsonly import cls_only_last_layer
 from leantune.speed.packing import PACKED_KEYS
+from leantune.train.distributed import eval_batches, gather_outputs
 
 
 class PredictionOutput(NamedTuple):

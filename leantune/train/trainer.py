@@ -24,7 +24,21 @@ import torch
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
-from leantune.checkpoint import (
+from leantune.config import TrainingArguments
+from leantune.data.collate import (
+    DataCollatorWithPadding,
+    LengthGroupedBatchSampler,
+    ResumableBatchSampler,
+    ShuffledBatchSampler,
+    lengths_of,
+)
+from leantune.errors import LeantuneError, TrainingInterrupted
+from leantune.metrics import EvalPrediction
+from leantune.speed.cudagraph import BUCKET, GraphedStep, can_use_cuda_graphs
+from leantune.speed.levers import Decision, decide, enter_levers, summary, training_levers
+from leantune.speed.packing import PackedCollator, position_offset, replaces
+from leantune.speed.process import process_line, process_tuning
+from leantune.train.checkpoint import (
     capture_rng,
     check_resumable,
     load_stats_state,
@@ -41,29 +55,15 @@ from leantune.checkpoint import (
     write_checkpoint,
     write_training_files,
 )
-from leantune.collate import (
-    DataCollatorWithPadding,
-    LengthGroupedBatchSampler,
-    ResumableBatchSampler,
-    ShuffledBatchSampler,
-    lengths_of,
-)
-from leantune.config import TrainingArguments
-from leantune.control import BestTracker, GracefulStop, NonFiniteGuard, signal_name
-from leantune.distributed import (
+from leantune.train.control import BestTracker, GracefulStop, NonFiniteGuard, signal_name
+from leantune.train.distributed import (
     ShardedBatchSampler,
     make_accelerator,
 )
-from leantune.errors import LeantuneError, TrainingInterrupted
-from leantune.evaluation import EvaluationLoop, PredictionOutput
-from leantune.metrics import EvalPrediction
-from leantune.optim import build_optimizer, build_scheduler, check_precision, clip_grad_norm
-from leantune.runlog import RunLog
-from leantune.speed.cudagraph import BUCKET, GraphedStep, can_use_cuda_graphs
-from leantune.speed.levers import Decision, decide, enter_levers, summary, training_levers
-from leantune.speed.packing import PackedCollator, position_offset, replaces
-from leantune.speed.process import process_line, process_tuning
-from leantune.stats import TrainStats
+from leantune.train.evaluation import EvaluationLoop, PredictionOutput
+from leantune.train.optim import build_optimizer, build_scheduler, check_precision, clip_grad_norm
+from leantune.train.runlog import RunLog
+from leantune.train.stats import TrainStats
 
 
 def process_seed(seed: int, process_index: int) -> int:
@@ -463,7 +463,7 @@ class Trainer(EvaluationLoop):
 
     def save_model(self, output_dir: str | None = None) -> Path:
         """Save the model (safetensors) and tokenizer so `from_pretrained(output_dir)` loads them."""
-        from leantune.checkpoint import save_pretrained_atomic
+        from leantune.train.checkpoint import save_pretrained_atomic
 
         out = Path(output_dir or self.args.output_dir)
         if self.accelerator.is_main_process:

@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from leantune.glue_report import GLUE_ORDER, HEADERS, reference_rows, table_rows
-from leantune.htmlreport import esc, image, note, page, section, table
-from leantune.tasks import GLUE_TASKS, GlueTask
+from leantune.data.tasks import GLUE_TASKS, GlueTask
+from leantune.glue.results import GLUE_ORDER, HEADERS, reference_rows, table_rows
+from leantune.report.html import esc, image, note, page, section, table
 
 
 def write_page(out: Path, res: dict[str, Any], by_task: dict[GlueTask, list[dict[str, Any]]]) -> Path:
@@ -47,8 +47,8 @@ def _sweep(res: dict[str, Any]) -> str:
 def _curves(out: Path, task: GlueTask, row: dict[str, Any]) -> str:
     """The chosen learning rate's seeds side by side: training loss and the main metric per epoch."""
     from leantune.errors import LeantuneError
-    from leantune.plots import compare_curves
-    from leantune.report import load_run
+    from leantune.report.plots import compare_curves
+    from leantune.report.read import load_run
 
     runs = {}
     for seed in row["seeds"]:
