@@ -53,8 +53,8 @@ def run_hf(data: Path, out: Path, epochs: float, pad_to_max: bool) -> dict:
     )
 
     from leantune.config import default_model
+    from leantune.data.glue_metric import load_metric
     from leantune.data.load import load_glue
-    from leantune.metrics import load_metric
 
     raw, _ = load_glue("mrpc", data)
     model_dir = default_model()

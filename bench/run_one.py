@@ -152,7 +152,7 @@ def dev_metrics(logits, labels, task: str = "mrpc"):
                 f1_score(labels, predictions, average="macro", labels=range(logits.shape[-1]), zero_division=0)
             ),
         }
-    from leantune.metrics import load_metric
+    from leantune.data.glue_metric import load_metric
 
     return load_metric("glue", "mrpc").compute(predictions=predictions, references=labels)
 

@@ -37,6 +37,8 @@ class ProblemType:
     kind: str
     label_names: tuple[str, ...] = ()  # the classes, in head order; () for a regression
     threshold: float = 0.5  # multi-label: a class is predicted when its probability is above this
+    # the metrics to report, the main one first: a GLUE task's own (MRPC: F1, then accuracy); () the kind's set
+    metrics: tuple[str, ...] = ()
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -70,7 +72,8 @@ class ProblemType:
     def of_record(cls, record: dict[str, Any]) -> ProblemType:
         """From the `problem` block of leantune_config.json (`as_record`); older runs: labels or none."""
         if "problem_type" in record:
-            return cls(record["problem_type"], tuple(record.get("labels") or ()), record.get("threshold", 0.5))
+            labels, metrics = tuple(record.get("labels") or ()), tuple(record.get("metrics") or ())
+            return cls(record["problem_type"], labels, record.get("threshold", 0.5), metrics)
         labels = record.get("labels")
         return cls.single_label(labels) if labels else cls.regression()
 
@@ -78,6 +81,8 @@ class ProblemType:
         record: dict[str, Any] = {"problem_type": self.kind, "labels": list(self.label_names)}
         if self.kind == MULTI:
             record["threshold"] = self.threshold
+        if self.metrics:
+            record["metrics"] = list(self.metrics)
         return record
 
     # ------------------------------------------------------------------ labels and head
@@ -180,27 +185,25 @@ class ProblemType:
         return self.label_names[int(prediction)]
 
     # ------------------------------------------------------------------ metrics
-    def metric_names(self, task: str | None = None) -> tuple[str, ...]:
-        """GLUE's metrics for a task; otherwise the kind's own set."""
-        from leantune.metrics import task_metrics
-
-        if task:
-            return task_metrics(task)
+    def metric_names(self) -> tuple[str, ...]:
+        """The metrics to report, the main one first: a GLUE task's (`metrics`), else the kind's own set."""
+        if self.metrics:
+            return self.metrics
         if self.kind == REGRESSION:
             return ("pearson", "spearmanr", "mse")
         if self.kind == MULTI:
             return ("macro_f1", "micro_f1", "subset_accuracy")
         return ("accuracy", "f1") if self.num_labels == 2 else ("accuracy", "macro_f1")
 
-    def main_metric(self, task: str | None = None) -> str:
+    def main_metric(self) -> str:
         """The metric that picks the best model: the first one reported."""
-        return self.metric_names(task)[0]
+        return self.metric_names()[0]
 
-    def compute_metrics(self, task: str | None = None) -> Callable[[Any], dict[str, float]]:
+    def compute_metrics(self) -> Callable[[Any], dict[str, float]]:
         """A `compute_metrics(eval_pred)` for the Trainer."""
         from leantune.metrics import compute
 
-        names = self.metric_names(task)
+        names = self.metric_names()
 
         def compute_metrics(eval_pred: Any) -> dict[str, float]:
             logits, labels = eval_pred

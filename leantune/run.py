@@ -125,7 +125,7 @@ def train(
         and (args.load_best_model_at_end or args.early_stopping_patience)
     ):
         # a copy: the caller's arguments are theirs (multi-seed runs replace() them again)
-        args = dataclasses.replace(args, metric_for_best_model=info.problem.main_metric(info.task))
+        args = dataclasses.replace(args, metric_for_best_model=info.problem.main_metric())
     if checkpoint is not None:
         _check_checkpoint_head(checkpoint, info.problem)
     set_seed(args.seed)  # before the new classification head is drawn: --seed fixes its init too
@@ -136,7 +136,7 @@ def train(
         train_dataset=dsd["train"],
         eval_dataset=next(iter(evals.values())) if len(evals) == 1 else (evals or None),
         processing_class=tokenizer,
-        compute_metrics=info.problem.compute_metrics(info.task),
+        compute_metrics=info.problem.compute_metrics(),
     )
     fresh = checkpoint is None and args.overwrite_output_dir and trainer.accelerator.is_main_process
     # a fresh run: the replaced run's checkpoints must not be resumed from or rotated with this one's
@@ -182,7 +182,7 @@ def _trained(data_args: DataArguments, args: TrainingArguments) -> tuple[Trainer
             f"{problem.kind}) but the data is {info.problem.describe()} ({info.problem.kind})"
         )
     model = load_model(data_args.model, info.problem, quiet=False)
-    trainer = Trainer(model, args, processing_class=tokenizer, compute_metrics=info.problem.compute_metrics(info.task))
+    trainer = Trainer(model, args, processing_class=tokenizer, compute_metrics=info.problem.compute_metrics())
     trainer.log.files = False  # evaluate/predict write their own files, never a run's log.jsonl or metrics.json
     trainer.log.info(f"process: {process_line()}")  # after the input checks: a bad input still gets one line
     return trainer, info, dsd

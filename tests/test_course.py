@@ -17,7 +17,7 @@ def test_chapter_3_trainer_api(mrpc_dir, tiny_bert, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    import leantune.metrics as evaluate
+    import leantune.data.glue_metric as evaluate
     from leantune import DataCollatorWithPadding, Trainer, TrainingArguments, load_dataset
 
     raw_datasets = load_dataset("glue", "mrpc", data_dir=mrpc_dir)
@@ -109,7 +109,7 @@ def test_chapter_3_full_training_loop(mrpc_dir, tiny_bert):
     from tqdm.auto import tqdm
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_scheduler
 
-    import leantune.metrics as evaluate
+    import leantune.data.glue_metric as evaluate
     from leantune import AdamW, DataCollatorWithPadding, load_dataset
 
     raw_datasets = load_dataset("glue", "mrpc", data_dir=mrpc_dir)

@@ -7,8 +7,9 @@ import math
 import numpy as np
 import pytest
 
+from leantune.data.glue_metric import build_compute_metrics, load_metric
 from leantune.errors import LeantuneError
-from leantune.metrics import EvalPrediction, build_compute_metrics, compute, load_metric
+from leantune.metrics import EvalPrediction, compute
 
 
 def test_mrpc_accuracy_and_f1_by_hand():

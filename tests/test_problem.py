@@ -130,7 +130,7 @@ def test_arguments_can_be_replaced_as_multi_seed_runs_do() -> None:
 def test_the_python_api_of_before_still_works() -> None:
     import leantune
     from leantune.data.files import DataInfo
-    from leantune.metrics import build_compute_metrics
+    from leantune.data.glue_metric import build_compute_metrics
 
     assert leantune.config.default_model()  # submodules through the package, as the README writes it
     assert DataInfo(("text",), ("neg", "pos")).problem == ProblemType.single_label(("neg", "pos"))
@@ -355,3 +355,20 @@ def test_ctrl_c_while_the_command_starts_is_one_line_and_exit_130(tmp_path) -> N
     )
     assert proc.returncode == 130, proc.stderr
     assert proc.stderr.strip() == "leantune: interrupted"
+
+
+def test_a_glue_tasks_problem_ranks_by_the_tasks_main_metric_and_keeps_it_in_its_record():
+    """MRPC and QQP rank by F1, STS-B by Pearson (GLUE's first metric), not by the kind's default (accuracy)."""
+    from leantune.data.tasks import get_task
+    from leantune.report.read import main_metric_key
+
+    for task, first in {"mrpc": "f1", "qqp": "f1", "stsb": "pearson", "cola": "matthews_correlation"}.items():
+        problem = get_task(task).problem
+        assert problem.main_metric() == first
+        assert ProblemType.of_record(problem.as_record()) == problem
+    evaluation = {"eval_accuracy": 0.8, "eval_f1": 0.85, "eval_loss": 0.4}
+    record = get_task("mrpc").problem.as_record()
+    assert main_metric_key({"data": {"task": "mrpc"}, "problem": record}, evaluation) == "eval_f1"
+    del record["metrics"]  # a run written before problems carried their metrics: the task's are looked up
+    assert main_metric_key({"data": {"task": "mrpc"}, "problem": record}, evaluation) == "eval_f1"
+    assert main_metric_key({"data": {}, "problem": record}, evaluation) == "eval_accuracy"  # own files: the kind's

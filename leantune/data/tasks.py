@@ -6,6 +6,7 @@ official TSV files and one loaded from the Hub look the same to the rest of lean
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +23,8 @@ class HasLabels:
 
     @property
     def problem(self) -> ProblemType:
-        return ProblemType.of_labels(self.label_names)
+        """Its labels and kind, and its metrics (GLUE's, the main one first) where it has them."""
+        return dataclasses.replace(ProblemType.of_labels(self.label_names), metrics=getattr(self, "metrics", ()))
 
     @property
     def num_labels(self) -> int:
@@ -82,6 +84,11 @@ class GlueTask(HasLabels):
         else:
             shown = [str(int(p)) for p in preds]
         return ["index\tprediction", *(f"{i}\t{v}" for i, v in zip(index, shown))]
+
+    @property
+    def hub_metrics(self) -> tuple[str, ...]:
+        """The metrics in the order the Hub's `glue` metric reports them (MRPC: accuracy, then F1)."""
+        return tuple(m for m in ("accuracy", "f1", "matthews_correlation", "pearson", "spearmanr") if m in self.metrics)
 
     @property
     def main_metric(self) -> str:

@@ -3,6 +3,7 @@ and which metric ranks runs. The bottom of the report package: pages and the wri
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -84,15 +85,18 @@ def main_metric_key(config: dict[str, Any], evaluation: dict[str, Any]) -> str |
     """The eval key to rank runs by: the run's ProblemType's main metric for its task or data (eval_f1 for MRPC,
     accuracy, Pearson, macro-F1 for multi-label); with several validation splits, the first split's
     (eval_validation_matched_accuracy)."""
+    from leantune.data.tasks import get_task
     from leantune.problem import ProblemType
     from leantune.report.plots import metric_keys
 
     task = (config.get("data") or {}).get("task")
     problem = ProblemType.of_record(config.get("problem") or config)
-    try:
-        wanted = [problem.main_metric(task)]
-    except LeantuneError:  # a task this version does not know
-        wanted = [problem.main_metric()]
+    if task and not problem.metrics:  # a run written before problems carried their metrics
+        try:
+            problem = dataclasses.replace(problem, metrics=get_task(task).metrics)
+        except LeantuneError:  # a task this version does not know
+            pass
+    wanted = [problem.main_metric()]
     keys = metric_keys(evaluation)
     for m in wanted:
         found = [k for k in keys if k == f"eval_{m}" or k.endswith(f"_{m}")]
