@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from leantune.data.collate import has_labels
 from leantune.data.load import DataInfo, load_data, tokenize
 from leantune.data.tasks import get_task
 from leantune.errors import LeantuneError
+from leantune.log import logger
 from leantune.problem import ProblemType
 from leantune.report.write import finish_run
 from leantune.speed.process import process_line, process_tuning
@@ -161,7 +161,7 @@ def train(
 
 
 def _note(message: str) -> None:
-    print(f"leantune: {message}", file=sys.stderr, flush=True)
+    logger.info(message)
 
 
 def _trained(data_args: DataArguments, args: TrainingArguments) -> tuple[Trainer, DataInfo, Any]:

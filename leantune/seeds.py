@@ -13,12 +13,12 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import statistics
-import sys
 from pathlib import Path
 from typing import Any
 
 from leantune.config import DataArguments, TrainingArguments
 from leantune.errors import LeantuneError
+from leantune.log import logger
 from leantune.report.plots import metric_keys
 from leantune.report.read import higher_is_better, load_run, main_metric_key
 from leantune.report.write import write_report
@@ -113,4 +113,4 @@ def keep_best(out: Path, seed: int) -> Path:
 
 def _info(enabled: bool, msg: str) -> None:
     if enabled:
-        print(f"leantune: {msg}", file=sys.stderr, flush=True)
+        logger.info(msg)

@@ -142,3 +142,28 @@ def test_the_cli_tunes_its_process_and_says_so(monkeypatch):
     monkeypatch.setattr(cli, "COMMANDS", {**cli.COMMANDS, "train": (lambda ns: 0, "t", None)})
     assert cli.main(["train"]) == 0 and calls == [("tuned", {})]
     assert cli.main(["train", "--no-tune-process"]) == 0 and len(calls) == 1
+
+
+def test_lines_go_through_the_leantune_logger_which_users_control_the_standard_way(capsys):
+    import logging
+
+    from leantune.log import logger
+    from leantune.run import _note
+
+    _note("hello")
+    assert capsys.readouterr().err == "leantune: hello\n"
+    logger.setLevel(logging.WARNING)  # a library user who wants warnings only
+    try:
+        _note("progress")
+        assert capsys.readouterr().err == ""
+    finally:
+        logger.setLevel(logging.INFO)
+    seen: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = seen.append  # a handler of the user's own
+    logger.addHandler(handler)
+    try:
+        _note("routed")
+    finally:
+        logger.removeHandler(handler)
+    assert [r.getMessage() for r in seen] == ["routed"] and seen[0].name == "leantune"

@@ -10,12 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 from leantune.config import DataArguments, TrainingArguments
 from leantune.errors import LeantuneError
+from leantune.log import logger
 from leantune.train.checkpoint import remove_checkpoints
 
 RUN_RECORD = "glue_run.json"
@@ -91,4 +91,4 @@ def write_json(path: Path, data: Any) -> None:
 
 def _note(enabled: bool, message: str) -> None:
     if enabled:
-        print(f"leantune: {message}", file=sys.stderr, flush=True)
+        logger.info(message)

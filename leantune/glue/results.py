@@ -12,12 +12,12 @@ import json
 import math
 import os
 import statistics
-import sys
 import zipfile
 from pathlib import Path
 from typing import Any
 
 from leantune.data.tasks import GLUE_TASKS, GlueTask
+from leantune.log import logger
 
 GLUE_ORDER = ["cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli"]
 SUBMISSION_FILES = [f for n in GLUE_ORDER for f in GLUE_TASKS[n].submission_files.values()]
@@ -195,11 +195,8 @@ def write_submission(out: Path, res: dict[str, Any]) -> dict[str, Any]:
                 z.write(found[fname], fname)
     os.replace(tmp, out / "submission.zip")
     if missing:
-        print(
-            f"leantune: glue: submission.zip lacks {', '.join(missing)} (the GLUE server needs all "
-            f"{len(SUBMISSION_FILES)} files)",
-            file=sys.stderr,
-            flush=True,
+        logger.info(
+            f"glue: submission.zip lacks {', '.join(missing)} (the GLUE server needs all {len(SUBMISSION_FILES)} files)"
         )
     return {"files": [f for f in SUBMISSION_FILES if f in found], "missing": missing}
 

@@ -35,6 +35,7 @@ from leantune.glue.page import write_page
 from leantune.glue.records import RUN_RECORD, finished, settings, sha256, write_json
 from leantune.glue.results import GLUE_ORDER, duration, select, write_results, write_submission
 from leantune.glue.settings import read_overrides, task_arguments
+from leantune.log import logger
 from leantune.train.checkpoint import checkpoint_dirs, remove_checkpoints
 from leantune.train.distributed import on_cpu
 
@@ -373,4 +374,4 @@ def _last_of_task(spec: RunSpec, plan: list[tuple[RunSpec, Any, Any]]) -> bool:
 
 def _note(enabled: bool, message: str) -> None:
     if enabled:
-        print(f"leantune: {message}", file=sys.stderr, flush=True)
+        logger.info(message)

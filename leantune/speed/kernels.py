@@ -36,12 +36,13 @@ import os
 import platform
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from leantune.log import logger
 
 # the C source, package data beside this file (pyproject.toml declares it)
 SOURCE = (Path(__file__).parent / "kernels.c").read_text()
@@ -232,11 +233,9 @@ def library() -> ctypes.CDLL | None:
     if lib is None:
         _why_not.append(why or "unknown")
         if os.environ.get("RANK", "0") == "0":
-            print(
-                f"leantune: the C kernels were not built ({why}); dropout uses numpy (same masks, slower), "
-                "GELU and the gradient norm use torch",
-                file=sys.stderr,
-                flush=True,
+            logger.warning(
+                f"the C kernels were not built ({why}); dropout uses numpy (same masks, slower), "
+                "GELU and the gradient norm use torch"
             )
     return lib
 

@@ -38,7 +38,7 @@ def tune_process(mkl: bool = True, malloc: bool = True) -> dict[str, dict[str, o
             _done.setdefault(name, Decision(False, "not asked for"))
         elif not _done.get(name, _NEVER).applied:  # once is enough: a second call would find MKL's path chosen
             _done[name] = Decision(*apply())
-    log.info(f"process tuning: {process_line()}")
+    log.debug(f"process tuning: {process_line()}")  # the command reports it in its speed-levers line
     return {k: d.as_dict() for k, d in _done.items()}
 
 

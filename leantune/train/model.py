@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 from leantune.errors import LeantuneError
+from leantune.log import logger
 from leantune.problem import ProblemType
 
 # Any one of these makes a directory's tokenizer; without them transformers builds an empty one silently.
@@ -66,10 +66,9 @@ def load_model(name: str, problem: ProblemType | tuple[str, ...] | None = None, 
         hf_logging.set_verbosity(verbosity)
     new = sorted(set(info.get("missing_keys", [])) | {k for k, *_ in info.get("mismatched_keys", [])})
     if new and not quiet:
-        print(
-            f"leantune: {len(new)} weights of {name} are new (the classification head: "
-            f"{', '.join(new[:4])}{' ...' if len(new) > 4 else ''}); fine-tuning trains them.",
-            file=sys.stderr,
+        logger.info(
+            f"{len(new)} weights of {name} are new (the classification head: "
+            f"{', '.join(new[:4])}{' ...' if len(new) > 4 else ''}); fine-tuning trains them."
         )
     return model
 

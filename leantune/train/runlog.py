@@ -15,6 +15,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from leantune.log import logger
 from leantune.report.tensorboard import TensorBoardWriter
 
 
@@ -40,7 +41,7 @@ class RunLog:
 
     def info(self, msg: str) -> None:
         if self.enabled:
-            print(f"leantune: {msg}", file=sys.stderr, flush=True)
+            logger.info(msg)
 
     def bar(self, iterable: Any = None, **kw: Any) -> Any:
         return tqdm(iterable, disable=not self.bars, dynamic_ncols=True, **kw)
