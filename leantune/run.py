@@ -8,6 +8,7 @@ train(DataArguments(task="mrpc", data_dir="glue/MRPC"), TrainingArguments("out")
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import platform
 import tempfile
@@ -24,6 +25,7 @@ from leantune.data.tasks import get_task
 from leantune.errors import LeantuneError
 from leantune.log import logger
 from leantune.problem import ProblemType
+from leantune.report.card import write_model_card
 from leantune.report.write import finish_run
 from leantune.speed.process import process_line, process_tuning
 from leantune.train.checkpoint import checkpoint_dirs, remove_checkpoints, resolve_checkpoint
@@ -155,6 +157,8 @@ def train(
             environment=environment(),
             speed=trainer.speed_report(),
         )
+        evaluations = [r for r in trainer.log.history if r["kind"] == "eval"]
+        write_model_card(out, json.loads((out / CONFIG_FILE).read_text()), evaluations)  # README.md, as HF's
         finish_run(out, trainer, dsd, raw, info)  # eval_predictions.jsonl, lengths.json, report.html
     trainer.log.info(f"saved the model to {out}; metrics in {out / 'metrics.json'}")
     return result, trainer
@@ -190,8 +194,6 @@ def _trained(data_args: DataArguments, args: TrainingArguments) -> tuple[Trainer
 
 def _trained_threshold(model_dir: Path) -> float | None:
     """The multi-label threshold the run beside the model used (its leantune_config.json), if there is one."""
-    import json
-
     try:
         record = json.loads((model_dir / CONFIG_FILE).read_text()).get("problem") or {}
     except (OSError, ValueError):
@@ -284,7 +286,10 @@ def environment() -> dict[str, str]:
     import torch
     import transformers
 
+    import leantune
+
     return {
+        "leantune": leantune.__version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,

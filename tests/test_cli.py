@@ -79,6 +79,16 @@ def test_short_train_then_evaluate_and_predict(tiny_bert, csv_files, tmp_path):
     assert len(metrics["evaluations"]) == 2 and metrics["evaluations"][-1]["eval_samples"] == 24
     config = json.loads((out / "leantune_config.json").read_text())
     assert config["training"]["learning_rate"] == 1e-3 and config["labels"] == ["0", "1"]
+    # the model card, in Hugging Face's format: front matter, then the last evaluation's metrics
+    import yaml
+
+    card = (out / "README.md").read_text()
+    front = yaml.safe_load(card.split("---")[1])
+    assert front["base_model"] == tiny_bert and front["library_name"] == "transformers"
+    card_metrics = {m["type"]: m["value"] for m in front["model-index"][0]["results"][0]["metrics"]}
+    last = metrics["evaluations"][-1]
+    assert card_metrics == {"accuracy": last["eval_accuracy"], "f1": last["eval_f1"]}
+    assert "- learning_rate: 0.001" in card and f"- leantune {config['environment']['leantune']}" in card
     # every lever and process setting, applied or not, with its reason: in the config and in one log line
     speed = config["speed"]
     assert {

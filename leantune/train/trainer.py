@@ -234,21 +234,13 @@ class Trainer(EvaluationLoop):
         )
         pending: list[tuple[torch.Tensor, dict[str, torch.Tensor]]] = []  # this step's losses, counted once it is good
         for i, batch in enumerate(loader, start=skip):
-            if graphed is not None:  # the batch stays on the host: the graph copies it in
-                batch = {k: v for k, v in batch.items() if k in self._forward_args}
-                loss = graphed(batch)
-            else:
-                batch = self._model_inputs(batch)
-                loss = model(**batch).loss
-                acc.backward(loss / accum)
+            loss, batch = self._forward_backward(model, batch, graphed)  # forward, backward (graphed: both)
             pending.append((loss.detach(), batch))
-            last_micro = (i + 1) % accum == 0 or i + 1 == len(loader)
-            if not last_micro:
-                continue
-            if self._guard.check(
-                self.global_step + 1, sum(lo for lo, _ in pending), self._grad_norm(model, stats, optimizer), acc
-            ):
-                optimizer.step()
+            if (i + 1) % accum != 0 and i + 1 != len(loader):
+                continue  # accumulating: the step comes with the last micro-batch
+            norm = self._grad_norm(model, stats, optimizer)  # clip
+            if self._guard.check(self.global_step + 1, sum(lo for lo, _ in pending), norm, acc):  # check
+                optimizer.step()  # step
                 for lo, b in pending:
                     stats.add(lo, b)
             pending.clear()
@@ -257,21 +249,7 @@ class Trainer(EvaluationLoop):
             self.global_step += 1
             self.epoch = epoch + (i + 1) / len(loader)
             bar.update(1)
-            if self.global_step % args.logging_steps == 0:
-                self._guard.flush()  # GPU: a bad step remembered on the device is reported, not logged
-                rec = stats.log_record(self.global_step, self.epoch, scheduler.get_last_lr()[0])
-                self.log.record(rec, kind="train")
-                bar.set_postfix(
-                    {
-                        "loss": f"{rec['loss']:.4f}",
-                        "lr": f"{rec['learning_rate']:.2e}",
-                        "samples/s": f"{rec['samples_per_second']:.1f}",
-                    }
-                )
-            if args.eval_strategy == "steps" and self.global_step % (args.eval_steps or args.logging_steps) == 0:
-                self._evaluate_during_training(model)
-            due = args.save_strategy == "steps" and self.global_step % args.save_steps == 0
-            if self._boundary(due, model, optimizer, scheduler, stats, Position(epoch, i + 1)):
+            if self._after_step(model, optimizer, scheduler, stats, bar, Position(epoch, i + 1)):
                 bar.close()
                 return True
             if self.global_step >= total:
@@ -280,6 +258,30 @@ class Trainer(EvaluationLoop):
         if args.eval_strategy == "epoch":
             self._evaluate_during_training(model)
         return self._boundary(args.save_strategy == "epoch", model, optimizer, scheduler, stats, Position(epoch + 1, 0))
+
+    def _forward_backward(self, model, batch: dict, graphed: GraphedStep | None) -> tuple[torch.Tensor, dict]:
+        """The micro-batch's loss, its gradients accumulated (divided by the accumulation steps)."""
+        if graphed is not None:  # the batch stays on the host: the graph copies it in
+            batch = {k: v for k, v in batch.items() if k in self._forward_args}
+            return graphed(batch), batch
+        batch = self._model_inputs(batch)
+        loss = model(**batch).loss
+        self.accelerator.backward(loss / self.args.gradient_accumulation_steps)
+        return loss, batch
+
+    def _after_step(self, model, optimizer, scheduler, stats: TrainStats, bar, position: Position) -> bool:
+        """What follows an optimizer step: its log line, an evaluation and a checkpoint when due; True to stop."""
+        args = self.args
+        if self.global_step % args.logging_steps == 0:
+            self._guard.flush()  # GPU: a bad step remembered on the device is reported, not logged
+            rec = stats.log_record(self.global_step, self.epoch, scheduler.get_last_lr()[0])
+            self.log.record(rec, kind="train")
+            shown = {"loss": f"{rec['loss']:.4f}", "lr": f"{rec['learning_rate']:.2e}"}
+            bar.set_postfix({**shown, "samples/s": f"{rec['samples_per_second']:.1f}"})
+        if args.eval_strategy == "steps" and self.global_step % (args.eval_steps or args.logging_steps) == 0:
+            self._evaluate_during_training(model)
+        due = args.save_strategy == "steps" and self.global_step % args.save_steps == 0
+        return self._boundary(due, model, optimizer, scheduler, stats, position)
 
     def _evaluate_during_training(self, model) -> None:
         if self.eval_dataset is None:
