@@ -19,6 +19,7 @@ from leantune.config import (
     TrainingArguments,
     add_arguments,
     from_namespace,
+    read_config,
 )
 from leantune.errors import LeantuneError, TrainingInterrupted
 
@@ -91,7 +92,8 @@ def _train(ns: argparse.Namespace) -> int:
     from leantune.run import train
 
     run_args = from_namespace(RunArguments, ns)
-    data_args, train_args = from_namespace(DataArguments, ns), from_namespace(TrainingArguments, ns)
+    base = read_config(run_args.config) if run_args.config else None  # a run to replay; flags override it
+    data_args, train_args = from_namespace(DataArguments, ns, base), from_namespace(TrainingArguments, ns, base)
     if run_args.seed_list:
         from leantune.seeds import train_seeds
 

@@ -393,6 +393,11 @@ class DataArguments:
 class RunArguments:
     """Run-level options of `leantune train` (the recipe's, not the Trainer's)."""
 
+    config: str | None = arg(
+        None,
+        "Replay a run: its leantune_config.json (or any JSON/YAML of the same fields, as "
+        "{training: {...}, data: {...}} or flat); the flags given beside it override it.",
+    )
     seeds: str | None = arg(
         None,
         "Comma-separated seeds, e.g. 1,2,3,4,5: one fine-tune per seed in OUTPUT_DIR/seed-N "
@@ -522,10 +527,38 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, .
         )
 
 
-def from_namespace(cls: type, ns: argparse.Namespace, **overrides: Any) -> Any:
-    """Build `cls` from the flags the user gave (the rest keep the dataclass defaults)."""
+def from_namespace(cls: type, ns: argparse.Namespace, base: dict[str, Any] | None = None, **overrides: Any) -> Any:
+    """Build `cls` from the flags the user gave, over `base` (a --config file's settings); the rest keep the
+    dataclass defaults."""
     names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in vars(ns).items() if k in names}, **overrides)
+    given = {k: v for k, v in (base or {}).items() if k in names} | {k: v for k, v in vars(ns).items() if k in names}
+    return cls(**{**given, **overrides})
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """A --config file's settings, flat (field -> value): leantune_config.json's `training` and `data` blocks
+    (what a run saved; its other blocks are outputs), or a flat JSON/YAML of field names."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise LeantuneError(f"--config {p}: cannot read: {getattr(e, 'strerror', None) or e}") from None
+    import yaml  # JSON is YAML too
+
+    try:
+        content = json.loads(text) if p.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise LeantuneError(f"--config {p}: not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {first}") from None
+    if not isinstance(content, dict):
+        raise LeantuneError(f'--config {p}: expected a mapping of settings, e.g. {{"training": {{"seed": 1}}}}')
+    if "training" in content or "data" in content:
+        content = {**(content.get("data") or {}), **(content.get("training") or {})}
+    known = {f.name for cls in (TrainingArguments, DataArguments) for f in dataclasses.fields(cls)}
+    unknown = sorted(k for k in content if k not in known)
+    if unknown:
+        raise LeantuneError(f"--config {p}: not settings of `leantune train`: {', '.join(map(str, unknown))}")
+    return content
 
 
 def save_config(path: Path, **parts: Any) -> None:

@@ -173,3 +173,27 @@ def test_bad_inputs_exit_2_with_one_line_and_write_nothing(tiny_bert, csv_files,
         assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert not out.exists(), args
     assert (tmp_path / "prev" / "metrics.json").read_text() == "{}"
+
+
+def test_config_replays_a_run_and_flags_beside_it_override(tiny_bert, csv_files, tmp_path, capsys):
+    from leantune.cli import main
+
+    train, val, _ = csv_files
+    first, again = tmp_path / "first", tmp_path / "again"
+    flags = ["--train-file", str(train), "--validation-file", str(val), "--max-steps", "2", "--quiet"]
+    assert main(["train", "--model", tiny_bert, *flags, "--lr", "1e-3", "--seed", "7", "--output-dir", str(first)]) == 0
+    saved = first / "leantune_config.json"
+    assert main(["train", "--config", str(saved), "--output-dir", str(again), "--lr", "2e-3"]) == 0
+    old, new = (json.loads((d / "leantune_config.json").read_text()) for d in (first, again))
+    assert new["training"]["learning_rate"] == 2e-3 and new["training"]["output_dir"] == str(again)
+    assert {k: v for k, v in new["training"].items() if k not in ("learning_rate", "output_dir")} == {
+        k: v for k, v in old["training"].items() if k not in ("learning_rate", "output_dir")
+    }
+    assert new["data"] == old["data"] and new["training"]["seed"] == 7 and new["training"]["max_steps"] == 2
+    capsys.readouterr()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("training:\n  lr_typo: 1\n")
+    assert main(["train", "--config", str(bad), "--output-dir", str(tmp_path / "x")]) == 2
+    assert (
+        capsys.readouterr().err.strip() == f"leantune: error: --config {bad}: not settings of `leantune train`: lr_typo"
+    )
