@@ -38,23 +38,8 @@ from leantune.speed.cudagraph import BUCKET, GraphedStep, can_use_cuda_graphs
 from leantune.speed.levers import Decision, decide, enter_levers, summary, training_levers
 from leantune.speed.packing import PackedCollator, position_offset, replaces
 from leantune.speed.process import process_line, process_tuning
-from leantune.train.checkpoint import (
-    capture_rng,
-    check_resumable,
-    load_stats_state,
-    load_training_files,
-    load_weights,
-    preserved_rng,
-    read_state,
-    remove_stale_temporaries,
-    resolve_checkpoint,
-    restore_rng,
-    rotate_checkpoints,
-    stats_state,
-    verify_checkpoint,
-    write_checkpoint,
-    write_training_files,
-)
+from leantune.train.checkpoint import preserved_rng
+from leantune.train.checkpointer import Checkpointer
 from leantune.train.control import BestTracker, GracefulStop, NonFiniteGuard, signal_name
 from leantune.train.distributed import (
     ShardedBatchSampler,
@@ -129,6 +114,7 @@ class Trainer(EvaluationLoop):
             quiet=self.args.disable_tqdm,
             report_to=self.args.report_to,
         )
+        self.checkpointer = Checkpointer(self.accelerator, self.args, self.log.info)
         # prefix -> the last logged evaluation's logits and labels (the run report's confusion matrix)
         self.last_eval: dict[str, PredictionOutput] = {}
         self.log_history = self.log.history
@@ -366,15 +352,10 @@ class Trainer(EvaluationLoop):
         return False
 
     def _save_checkpoint(self, model, optimizer, scheduler, stats: TrainStats, position: Position) -> Path:
-        """OUTPUT_DIR/checkpoint-STEP with everything needed to continue exactly from here (main process
-        writes; every process takes part, as each one's RNG state and loss stats go in)."""
-        from accelerate.utils import gather_object
-
-        acc, args, out = self.accelerator, self.args, Path(self.args.output_dir)
+        """OUTPUT_DIR/checkpoint-STEP with everything needed to continue exactly from here."""
         self._guard.flush()  # a bad step not yet reported must not be saved
-        path = out / f"checkpoint-{self.global_step}"
         if self._best is not None and self._best.best_step == self.global_step:
-            self._best.checkpoint = path.name  # this checkpoint holds the best evaluation so far
+            self._best.checkpoint = f"checkpoint-{self.global_step}"  # it holds the best evaluation so far
         state = {
             "format": 1,
             "global_step": self.global_step,
@@ -383,54 +364,27 @@ class Trainer(EvaluationLoop):
             "runtime": time.perf_counter() - self._start,
             "skipped_steps": self._guard.skipped,
             "best": self._best.state_dict() if self._best else None,
-            "world_size": acc.num_processes,
+            "world_size": self.accelerator.num_processes,
             "train_rows": len(self.train_dataset),
-            "args": args.to_dict(),
+            "args": self.args.to_dict(),
             "log_history": self.log.history,
         }
-        per_process = gather_object([{"rng": capture_rng(), "stats": stats_state(stats)}])
-        if acc.is_main_process:
-            try:
-                write_checkpoint(
-                    out,
-                    self.global_step,
-                    lambda d: write_training_files(
-                        d,
-                        acc.unwrap_model(model),
-                        self.processing_class,
-                        optimizer,
-                        scheduler,
-                        acc.scaler,
-                        state,
-                        per_process,
-                    ),
-                )
-            except OSError as e:
-                raise LeantuneError(
-                    f"cannot save {path}: {e.strerror or e}; the checkpoints already there are intact"
-                ) from None
-            best = [out / self._best.checkpoint] if self._best and self._best.checkpoint else []
-            rotate_checkpoints(out, args.save_total_limit, keep=best)
-        acc.wait_for_everyone()
+        keep = [self._best.checkpoint] if self._best and self._best.checkpoint else []
+        path = self.checkpointer.save(
+            self.global_step, state, stats, model, self.processing_class, optimizer, scheduler, keep
+        )
         self._guard.last_checkpoint = str(path)
         return path
 
     def _resume(
         self, value: str | bool | None, model, optimizer, scheduler, stats: TrainStats
     ) -> tuple[Position, float]:
-        """Restore a checkpoint's whole training state (RNG last); the position to continue from and the
-        seconds trained before. Without one: a fresh start (and leftovers of a crashed save go)."""
-        acc, out = self.accelerator, Path(self.args.output_dir)
-        if acc.is_main_process:
-            remove_stale_temporaries(out)
-        if value is None or value is False:
+        """Continue from a checkpoint (its weights, optimizer, stats, then this Trainer's own state, the RNG
+        last); the position to continue from and the seconds trained before. Without one: a fresh start."""
+        restored = self.checkpointer.restore(value, model, optimizer, scheduler, stats, len(self.train_dataset))
+        if restored is None:
             return Position(0, 0), 0.0
-        path = resolve_checkpoint(value, out, self.log.info)
-        state, per_process = read_state(path)
-        check_resumable(state, path, self.args.to_dict(), len(self.train_dataset), acc.num_processes, self.log.info)
-        load_training_files(path, acc.unwrap_model(model), optimizer, scheduler, acc.scaler)
-        mine = per_process[acc.process_index]
-        load_stats_state(stats, mine["stats"])
+        path, state, restore_rng = restored
         self.global_step, self.epoch = state["global_step"], state["epoch"]
         self._guard.skipped, self._guard.last_checkpoint = state["skipped_steps"], str(path)
         if self._best is not None and state["best"]:
@@ -441,7 +395,7 @@ class Trainer(EvaluationLoop):
             f"resuming from {path}: step {self.global_step}, epoch {position.epoch + 1} after "
             f"{position.batches} batches"
         )
-        restore_rng(mine["rng"])  # last: nothing may draw from the generators before the next batch
+        restore_rng()  # last: nothing may draw from the generators before the next batch
         return position, float(state["runtime"])
 
     def _load_best(self, model) -> dict[str, float]:
@@ -449,11 +403,7 @@ class Trainer(EvaluationLoop):
         b = self._best
         if not (self.args.load_best_model_at_end and b is not None and b.checkpoint):
             return {}
-        path = Path(self.args.output_dir) / b.checkpoint
-        problem = verify_checkpoint(path)
-        if problem:
-            raise LeantuneError(f"the best checkpoint {path} is not usable ({problem})")
-        load_weights(self.accelerator.unwrap_model(model), path / "model.safetensors")
+        path = self.checkpointer.load_weights(b.checkpoint, model)
         self.log.info(f"loaded the best model ({b.metric}={b.best:.4g} at step {b.best_step}) from {path}")
         return {"best_step": b.best_step, f"best_{b.metric}": b.best}
 
