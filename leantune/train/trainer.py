@@ -45,7 +45,7 @@ from leantune.train.distributed import (
     ShardedBatchSampler,
     make_accelerator,
 )
-from leantune.train.evaluation import EvaluationLoop, PredictionOutput
+from leantune.train.evaluation import Evaluator, PredictionOutput, model_columns, model_inputs
 from leantune.train.optim import build_optimizer, build_scheduler, check_precision, clip_grad_norm
 from leantune.train.runlog import RunLog
 from leantune.train.stats import TrainStats
@@ -76,7 +76,7 @@ class Position(NamedTuple):
     batches: int
 
 
-class Trainer(EvaluationLoop):
+class Trainer:
     """Fine-tune `model` on `train_dataset` (tokenized, unpadded), evaluating on `eval_dataset`."""
 
     def __init__(
@@ -119,6 +119,7 @@ class Trainer(EvaluationLoop):
         self.last_eval: dict[str, PredictionOutput] = {}
         self.log_history = self.log.history
         self._forward_args = set(inspect.signature(model.forward).parameters)
+        self.evaluator = Evaluator(self.accelerator, self.args, self._forward_args, self.log.bar)
         self._best: BestTracker | None = None  # set up by train() when a best model or early stopping is wanted
         self._new_best = False
         self.speed: dict[str, Decision] = {}  # each training lever's decision, set by train()
@@ -250,7 +251,7 @@ class Trainer(EvaluationLoop):
         if graphed is not None:  # the batch stays on the host: the graph copies it in
             batch = {k: v for k, v in batch.items() if k in self._forward_args}
             return graphed(batch), batch
-        batch = self._model_inputs(batch)
+        batch = model_inputs(batch, self._forward_args, self.accelerator.device)
         loss = model(**batch).loss
         self.accelerator.backward(loss / self.args.gradient_accumulation_steps)
         return loss, batch
@@ -269,6 +270,28 @@ class Trainer(EvaluationLoop):
         due = args.save_strategy == "steps" and self.global_step % args.save_steps == 0
         return self._boundary(due, model, optimizer, scheduler, stats, position)
 
+    # ------------------------------------------------------------ evaluation (the Evaluator's), as the HF Trainer
+    def evaluate(self, eval_dataset: Any = None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """Loss, runtime, samples/s and the task metrics on `eval_dataset` (default: the Trainer's)."""
+        ds = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if ds is None:
+            raise LeantuneError("Trainer.evaluate() needs an eval_dataset")
+        return self._run_eval(self.model, ds, metric_key_prefix).metrics
+
+    def predict(self, test_dataset: Any, metric_key_prefix: str = "test") -> PredictionOutput:
+        """Logits for every row of `test_dataset`, in its order; labels and metrics when it has labels."""
+        return self._run_eval(self.model, test_dataset, metric_key_prefix, log=False)
+
+    def _run_eval(self, model, ds: Any, prefix: str, log: bool = True) -> PredictionOutput:
+        """The collator and compute_metrics as they are now (a user may have set them after __init__)."""
+        out = self.evaluator.run(model, ds, prefix, self.data_collator, self.compute_metrics)
+        if not log:
+            return out
+        out = out._replace(metrics={**out.metrics, "epoch": round(self.epoch, 4)})
+        self.log.record({"step": self.global_step, **out.metrics}, kind="eval")
+        self.last_eval[prefix] = out
+        return out
+
     def _evaluate_during_training(self, model) -> None:
         if self.eval_dataset is None:
             return
@@ -284,7 +307,7 @@ class Trainer(EvaluationLoop):
 
     def _train_loader(self) -> tuple[DataLoader, ResumableBatchSampler]:
         """Batches in an order fixed by the seed and the epoch alone, so a resumed run can rebuild it."""
-        args, ds = self.args, self._model_columns(self.train_dataset)
+        args, ds = self.args, model_columns(self.train_dataset, self._forward_args)
         bs = args.per_device_train_batch_size
         # A private generator: the DataLoader then draws nothing from torch's global one, whose state (the
         # dropout masks) checkpoints restore at step boundaries.
