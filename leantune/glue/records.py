@@ -9,32 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from leantune.config import DataArguments, TrainingArguments
 from leantune.errors import LeantuneError
 from leantune.log import logger
-from leantune.train.checkpoint import remove_checkpoints
+from leantune.train.checkpoint import FREE_FIELDS, remove_checkpoints
 
 RUN_RECORD = "glue_run.json"
-# Settings that do not change a run's maths: a finished run stays valid when only these differ.
-_NOT_MATHS = {
-    "output_dir",
-    "overwrite_output_dir",
-    "resume_from_checkpoint",
-    "disable_tqdm",
-    "report_to",
-    "dataloader_num_workers",
-    "ddp_timeout",
-    "save_strategy",
-    "save_steps",
-    "save_total_limit",
-    "logging_steps",
-    "preprocessing_num_workers",
-    "cache_dir",
-}
+# Settings that do not change a run's maths: those a checkpoint resumes across without a note, and how the data
+# is read and cached. A finished run stays valid when only these differ.
+_NOT_MATHS = {*FREE_FIELDS, "logging_steps", "preprocessing_num_workers", "cache_dir"}
 
 
 def settings(data: DataArguments, args: TrainingArguments, processes: int = 1) -> dict[str, Any]:
@@ -81,12 +67,6 @@ def sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 def _note(enabled: bool, message: str) -> None:

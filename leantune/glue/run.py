@@ -32,12 +32,13 @@ from leantune.data.load import check_glue_file
 from leantune.data.tasks import DIAGNOSTIC, GLUE_TASKS, GlueTask, get_task
 from leantune.errors import LeantuneError
 from leantune.glue.page import write_page
-from leantune.glue.records import RUN_RECORD, finished, settings, sha256, write_json
+from leantune.glue.records import RUN_RECORD, finished, settings, sha256
 from leantune.glue.results import GLUE_ORDER, duration, select, write_results, write_submission
 from leantune.glue.settings import read_overrides, task_arguments
 from leantune.log import logger
 from leantune.train.checkpoint import checkpoint_dirs, remove_checkpoints
 from leantune.train.distributed import on_cpu
+from leantune.train.runlog import write_json_atomic
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,9 @@ def run_glue(glue: GlueArguments, data: DataArguments, args: TrainingArguments) 
     records = _decide(plan, out, args.overwrite_output_dir, state)
     if main:
         out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "glue.json", {"glue": glue.to_dict(), "data": data.to_dict(), "training": args.to_dict()})
+        write_json_atomic(
+            out / "glue.json", {"glue": glue.to_dict(), "data": data.to_dict(), "training": args.to_dict()}
+        )
         _note_other_tasks(out, plan)
     sizes = _sizes(plan, root)
     progress = Progress(
@@ -232,7 +235,7 @@ def run_one(spec: RunSpec, data: DataArguments, args: TrainingArguments, out: Pa
         "files": files,
     }
     if main:
-        write_json(run_dir / RUN_RECORD, record)  # first: a kill after it keeps the run (finished() cleans up)
+        write_json_atomic(run_dir / RUN_RECORD, record)  # first: a kill after it keeps the run (finished() cleans up)
         remove_checkpoints(run_dir)
     return record
 
@@ -343,7 +346,7 @@ def write_outputs(out: Path, by_task: dict[GlueTask, list[dict[str, Any]]], mode
     """The end of the job: results.json/md (final), submission.zip and report.html."""
     res = write_results(out, by_task, model, partial=False)
     res["submission"] = write_submission(out, res)
-    write_json(out / "results.json", res)
+    write_json_atomic(out / "results.json", res)
     write_page(out, res, by_task)
     return res
 
