@@ -38,3 +38,9 @@ if not logger.handlers:
     logger.propagate = False
     if logger.level == logging.NOTSET:
         logger.setLevel(logging.INFO)
+
+
+def note(enabled: bool, message: str) -> None:
+    """An INFO line, from the process that should say it (`enabled`: the main one of a distributed run)."""
+    if enabled:
+        logger.info(message)

@@ -26,7 +26,7 @@ from leantune.errors import LeantuneError
 from leantune.log import logger
 from leantune.problem import ProblemType
 from leantune.report.card import write_model_card
-from leantune.report.write import finish_run
+from leantune.report.write import finish_run, write_text_atomic
 from leantune.speed.process import process_line, process_tuning
 from leantune.train.checkpoint import checkpoint_dirs, remove_checkpoints, resolve_checkpoint
 from leantune.train.model import load_model, load_tokenizer
@@ -255,7 +255,8 @@ def predict(data_args: DataArguments, args: TrainingArguments, split: str = "tes
     write_predictions(out, result.predictions, info.problem, index)
     glue_file = get_task(info.task).submission_files.get(split) if info.task else None
     if glue_file and index is not None:  # the GLUE server grades label positions (0/1), not names: its own file
-        _write_lines(out / glue_file, get_task(info.task).submission_lines(result.predictions, index))
+        lines = get_task(info.task).submission_lines(result.predictions, index)
+        write_text_atomic(out / glue_file, "\n".join(lines) + "\n")
         trainer.log.info(f"wrote {out / glue_file} in the GLUE server's format (predictions.tsv: label names)")
     if result.label_ids is not None:
         write_json_atomic(out / "predict_metrics.json", result.metrics)
@@ -271,13 +272,7 @@ def write_predictions(out: Path, logits: np.ndarray, problem: ProblemType, index
     """predictions.tsv (index, the prediction in the data's labels) and, for classes, probabilities.tsv."""
     index = list(range(len(logits))) if index is None else list(index)
     for name, lines in problem.prediction_files(logits, index).items():
-        _write_lines(out / name, lines)
-
-
-def _write_lines(path: Path, lines: list[str]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, path)
+        write_text_atomic(out / name, "\n".join(lines) + "\n")
 
 
 def environment() -> dict[str, str]:

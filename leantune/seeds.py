@@ -18,7 +18,7 @@ from typing import Any
 
 from leantune.config import DataArguments, TrainingArguments
 from leantune.errors import LeantuneError
-from leantune.log import logger
+from leantune.log import note
 from leantune.report.plots import metric_keys
 from leantune.report.read import higher_is_better, load_run, main_metric_key
 from leantune.report.write import write_report
@@ -42,7 +42,7 @@ def train_seeds(data_args: DataArguments, args: TrainingArguments, seeds: list[i
         check_output_dir(d, args.overwrite_output_dir)
     main = PartialState(cpu=on_cpu(args)).is_main_process  # cpu: as the Trainer's, else torchrun on CPUs is 1+1
     for i, seed in enumerate(seeds):
-        _info(main, f"seed {seed} ({i + 1} of {len(seeds)}) -> {out / f'seed-{seed}'}")
+        note(main, f"seed {seed} ({i + 1} of {len(seeds)}) -> {out / f'seed-{seed}'}")
         train(data_args, dataclasses.replace(args, output_dir=str(out / f"seed-{seed}"), seed=seed))
     if not main:
         return {}
@@ -50,12 +50,12 @@ def train_seeds(data_args: DataArguments, args: TrainingArguments, seeds: list[i
     keep_best(out, summary["best_seed"])
     write_json_atomic(out / "summary.json", summary)
     main_stats = summary["metrics"][summary["main_metric"]]
-    _info(
+    note(
         main,
         f"{summary['main_metric']} over {len(seeds)} seeds: {main_stats['mean']:.4f} ± "
         f"{main_stats['std']:.4f}; kept seed {summary['best_seed']} as {out / 'best'}",
     )
-    _info(main, f"report: {write_report([out])}")
+    note(main, f"report: {write_report([out])}")
     return summary
 
 
@@ -109,8 +109,3 @@ def keep_best(out: Path, seed: int) -> Path:
     shutil.rmtree(best, ignore_errors=True)  # only reached with --overwrite-output-dir (checked up front)
     tmp.rename(best)
     return best
-
-
-def _info(enabled: bool, msg: str) -> None:
-    if enabled:
-        logger.info(msg)

@@ -45,7 +45,7 @@ def load_glue(task: str | GlueTask, data_dir: str | os.PathLike | None = None) -
     for split, fname in t.files.items():
         path = root / fname
         if path.exists():
-            splits[split] = _read_glue_tsv(t, path, is_test=split.startswith("test"))
+            splits[split] = load_glue_file(t, path, is_test=split.startswith("test"))
     if "train" not in splits and not any(s in splits for s in t.validation_splits):
         raise LeantuneError(f"--data-dir {root}: none of {', '.join(t.files.values())} found for task {t.name}")
     return DatasetDict(splits), info
@@ -60,10 +60,11 @@ def glue_features(t: GlueTask) -> Features:
 _BATCH = 20_000  # rows per Arrow record batch while reading a GLUE file
 
 
-def _read_glue_tsv(t: GlueTask, path: Path, is_test: bool) -> Dataset:
-    """One official file as a memory-mapped Arrow table, cached by the file's path, size and time: QQP's and
-    MNLI's 400k pairs never sit in Python lists nor in RAM (only the columns the task uses are kept; MNLI's
-    train.tsv is mostly parse trees). Where no cache can be written, it is built in memory."""
+def load_glue_file(t: GlueTask, path: Path, is_test: bool) -> Dataset:
+    """One official file (a split, or the diagnostic set in MNLI's test format) as a memory-mapped Arrow table,
+    cached by the file's path, size and time: QQP's and MNLI's 400k pairs never sit in Python lists nor in RAM
+    (only the columns the task uses are kept; MNLI's train.tsv is mostly parse trees), and a file checked once
+    is not parsed again. Where no cache can be written, it is built in memory."""
     stat = path.stat()
     key = json.dumps([str(path.resolve()), stat.st_size, stat.st_mtime_ns, t.name, is_test, 1])
     root = Path(os.environ.get("LEANTUNE_CACHE") or Path.home() / ".cache" / "leantune" / "tokenized") / "glue"
@@ -145,17 +146,6 @@ def _index(text: str, path: Path, line: int) -> int:
         return int(text)
     except ValueError:
         raise LeantuneError(f"{path}: line {line}: index {text!r} is not an integer") from None
-
-
-def check_glue_file(t: GlueTask, path: Path, is_test: bool) -> int:
-    """Read a whole official file as loading would, keeping nothing: its row count, or the error loading would
-    raise (so a sweep can check every file before it writes anything)."""
-    return sum(b.num_rows for b in glue_batches(t, path, is_test))
-
-
-def load_glue_test(t: GlueTask, path: Path) -> Dataset:
-    """One unlabelled GLUE file in the task's test format (the diagnostic set, AX)."""
-    return _read_glue_tsv(t, path, is_test=True)
 
 
 def _glue_label(t: GlueTask, raw: str) -> int | float | None:

@@ -9,6 +9,7 @@ from typing import Any
 from leantune.data.tasks import GLUE_TASKS, GlueTask
 from leantune.glue.results import GLUE_ORDER, HEADERS, reference_rows, table_rows
 from leantune.report.html import esc, image, note, page, section, table
+from leantune.report.write import write_text_atomic
 
 
 def write_page(out: Path, res: dict[str, Any], by_task: dict[GlueTask, list[dict[str, Any]]]) -> Path:
@@ -32,9 +33,7 @@ def write_page(out: Path, res: dict[str, Any], by_task: dict[GlueTask, list[dict
     if res.get("submission", {}).get("missing"):
         sections.append(note("submission.zip lacks " + ", ".join(res["submission"]["missing"]) + " (tasks not run)"))
     path = out / "report.html"
-    tmp = path.with_name(".report.html.tmp")
-    tmp.write_text(page("GLUE", subtitle, sections))
-    tmp.replace(path)
+    write_text_atomic(path, page("GLUE", subtitle, sections))
     return path
 
 

@@ -7,15 +7,14 @@ process count included): a finished run of other settings is an error, never mix
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 from leantune.config import DataArguments, TrainingArguments
 from leantune.errors import LeantuneError
-from leantune.log import logger
-from leantune.train.checkpoint import FREE_FIELDS, remove_checkpoints
+from leantune.log import note
+from leantune.train.checkpoint import FREE_FIELDS, remove_checkpoints, sha256_file
 
 RUN_RECORD = "glue_run.json"
 # Settings that do not change a run's maths: those a checkpoint resumes across without a note, and how the data
@@ -43,7 +42,7 @@ def finished(run_dir: Path, wanted: dict[str, Any]) -> dict[str, Any] | None:
         record = json.loads(path.read_text())
         files = record["files"]
     except (OSError, ValueError, KeyError, TypeError):
-        _note(True, f"glue: {path}: unreadable; that run is done again")
+        note(True, f"glue: {path}: unreadable; that run is done again")
         return None
     if record.get("settings") != wanted:
         changed = sorted(
@@ -54,21 +53,8 @@ def finished(run_dir: Path, wanted: dict[str, Any]) -> dict[str, Any] | None:
             f"flags, or pass --overwrite-output-dir to redo every run, or pick another --output-dir"
         )
     for name, meta in files.items():
-        if not (run_dir / name).is_file() or sha256(run_dir / name) != meta.get("sha256"):
-            _note(True, f"glue: {run_dir / name}: missing or changed since the run finished; that run is done again")
+        if not (run_dir / name).is_file() or sha256_file(run_dir / name) != meta.get("sha256"):
+            note(True, f"glue: {run_dir / name}: missing or changed since the run finished; that run is done again")
             return None
     remove_checkpoints(run_dir)  # left by a kill between the record and the clean-up
     return record
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _note(enabled: bool, message: str) -> None:
-    if enabled:
-        logger.info(message)

@@ -18,6 +18,7 @@ from typing import Any
 
 from leantune.data.tasks import GLUE_TASKS, GlueTask
 from leantune.log import logger
+from leantune.report.write import write_text_atomic
 
 GLUE_ORDER = ["cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli"]
 SUBMISSION_FILES = [f for n in GLUE_ORDER for f in GLUE_TASKS[n].submission_files.values()]
@@ -107,8 +108,8 @@ def write_results(out: Path, by_task: dict[GlueTask, list[dict[str, Any]]], mode
     res = results(by_task, model, partial)
     for row in res["tasks"].values():  # --keep-models: a run chosen after an earlier sweep pruned it has none
         row["model_kept"] = (out / row["run_dir"] / "model.safetensors").exists()
-    _write(out / "results.json", json.dumps(res, indent=2) + "\n")
-    _write(out / "results.md", markdown(res))
+    write_text_atomic(out / "results.json", json.dumps(res, indent=2) + "\n")
+    write_text_atomic(out / "results.md", markdown(res))
     return res
 
 
@@ -205,9 +206,3 @@ def duration(seconds: float) -> str:
     seconds = round(seconds)
     h, m, s = seconds // 3600, seconds // 60 % 60, seconds % 60
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -20,7 +20,6 @@ nothing is redone. A finished run of other settings (another model, other epochs
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -28,15 +27,16 @@ from pathlib import Path
 from typing import Any
 
 from leantune.config import DataArguments, GlueArguments, TrainingArguments
-from leantune.data.load import check_glue_file
+from leantune.data.load import load_glue_file
 from leantune.data.tasks import DIAGNOSTIC, GLUE_TASKS, GlueTask, get_task
 from leantune.errors import LeantuneError
 from leantune.glue.page import write_page
-from leantune.glue.records import RUN_RECORD, finished, settings, sha256
+from leantune.glue.records import RUN_RECORD, finished, settings
 from leantune.glue.results import GLUE_ORDER, duration, select, write_results, write_submission
 from leantune.glue.settings import read_overrides, task_arguments
-from leantune.log import logger
-from leantune.train.checkpoint import checkpoint_dirs, remove_checkpoints
+from leantune.log import note
+from leantune.report.write import write_text_atomic
+from leantune.train.checkpoint import checkpoint_dirs, remove_checkpoints, sha256_file
 from leantune.train.distributed import on_cpu
 from leantune.train.runlog import write_json_atomic
 
@@ -81,7 +81,7 @@ def run_glue(glue: GlueArguments, data: DataArguments, args: TrainingArguments) 
         [(s, sizes[s.task.name] * _epochs(a)) for s, _, a in plan], {s for s in records if records[s]}, main
     )
     if kept := sum(1 for r in records.values() if r):
-        _note(main, f"glue: {kept} of {len(plan)} runs already finished in {out / 'runs'}: kept")
+        note(main, f"glue: {kept} of {len(plan)} runs already finished in {out / 'runs'}: kept")
     tasks = list(dict.fromkeys(s.task for s, _, _ in plan))
     prepared: dict[str, Any] = {}
     for spec, d, a in plan:
@@ -157,7 +157,7 @@ def find_tasks(root: Path, wanted: list[str], main: bool = True) -> list[GlueTas
         if folder is None:
             if wanted:
                 raise LeantuneError(f"--tasks {t.name}: no {t.dir_name} folder in --data-dir {root}")
-            _note(main, f"glue: {t.dir_name}: no folder in {root}; skipped")
+            note(main, f"glue: {t.dir_name}: no folder in {root}; skipped")
             continue
         check_task_files(t, folder, main)
         found.append(dataclasses.replace(t, dir_name=folder.name))
@@ -166,22 +166,23 @@ def find_tasks(root: Path, wanted: list[str], main: bool = True) -> list[GlueTas
     if any(t.name == "mnli" for t in found):
         diagnostic = _diagnostic_file(root)
         if diagnostic is None:
-            _note(main, f"glue: {root / DIAGNOSTIC.dir_name / DIAGNOSTIC.files['test']}: not found; no AX.tsv")
+            note(main, f"glue: {root / DIAGNOSTIC.dir_name / DIAGNOSTIC.files['test']}: not found; no AX.tsv")
         else:
-            check_glue_file(DIAGNOSTIC, diagnostic, is_test=True)
+            load_glue_file(DIAGNOSTIC, diagnostic, is_test=True)
     return sorted(found, key=lambda t: GLUE_ORDER.index(t.name))
 
 
 def check_task_files(t: GlueTask, folder: Path, main: bool = True) -> None:
-    """Every file of the task read as loading reads it, keeping nothing (train and dev must be there)."""
+    """Every file of the task loaded, row by row checked (train and dev must be there): a malformed one fails
+    here, and the Arrow files it leaves in the cache are what the task's turn reads, not the TSVs again."""
     for split, name in t.files.items():
         path = folder / name
         if not path.exists():
             if split.startswith("test"):
-                _note(main, f"glue: {path}: not found; {t.dir_name} gets no submission file")
+                note(main, f"glue: {path}: not found; {t.dir_name} gets no submission file")
                 continue
             raise LeantuneError(f"{path}: not found (a {t.dir_name} folder needs {', '.join(t.files.values())})")
-        check_glue_file(t, path, is_test=split.startswith("test"))
+        load_glue_file(t, path, is_test=split.startswith("test"))  # cached: its turn reads the Arrow file
 
 
 def _diagnostic_file(root: Path) -> Path | None:
@@ -194,14 +195,14 @@ def _prepare(task: GlueTask, data: DataArguments, root: Path) -> tuple[Any, Any]
     """The task's data, tokenized once (cached on disk) for all its runs; MNLI also gets the diagnostic set."""
     from datasets import DatasetDict
 
-    from leantune.data.load import load_glue_test, tokenize
+    from leantune.data.load import tokenize
     from leantune.run import prepare
 
     prepared = prepare(data)
     diagnostic = _diagnostic_file(root) if task.name == "mnli" else None
     if diagnostic is None:
         return prepared, None
-    raw = DatasetDict({"test": load_glue_test(DIAGNOSTIC, diagnostic)})
+    raw = DatasetDict({"test": load_glue_file(DIAGNOSTIC, diagnostic, is_test=True)})
     workers = data.preprocessing_num_workers or None
     return prepared, tokenize(raw, prepared[2], task.text_columns, data.max_length or None, workers, data.cache_dir)[
         "test"
@@ -214,7 +215,7 @@ def run_one(spec: RunSpec, data: DataArguments, args: TrainingArguments, out: Pa
 
     run_dir = spec.directory(out)
     resume = "latest" if checkpoint_dirs(run_dir) and not args.overwrite_output_dir else None
-    _note(main, f"glue: {spec.label}: {'resuming' if resume else 'training'} in {run_dir}")
+    note(main, f"glue: {spec.label}: {'resuming' if resume else 'training'} in {run_dir}")
     start = time.perf_counter()
     args = dataclasses.replace(
         args, output_dir=str(run_dir), overwrite_output_dir=resume is None, resume_from_checkpoint=resume
@@ -265,10 +266,8 @@ def predict_tests(trainer: Any, task: GlueTask, dsd: Any, axis: Any, run_dir: Pa
         if main:
             path = run_dir / "glue" / name
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{name}.tmp")
-            tmp.write_text("\n".join(lines) + "\n")
-            os.replace(tmp, path)
-            files[f"glue/{name}"] = {"sha256": sha256(path), "rows": len(lines) - 1}
+            write_text_atomic(path, "\n".join(lines) + "\n")
+            files[f"glue/{name}"] = {"sha256": sha256_file(path), "rows": len(lines) - 1}
     return files
 
 
@@ -304,7 +303,7 @@ def _note_other_tasks(out: Path, plan: Plan) -> None:
     planned = {spec.task.dir_name for spec, _, _ in plan}
     others = sorted(p.name for p in (out / "runs").glob("*") if p.is_dir() and p.name not in planned)
     if others:
-        _note(True, f"glue: {out / 'runs'} also holds {', '.join(others)}: not in this command's tasks, so not in "
+        note(True, f"glue: {out / 'runs'} also holds {', '.join(others)}: not in this command's tasks, so not in "
                     f"its results and submission.zip (run with those tasks too to include them)")  # fmt: skip
 
 
@@ -332,7 +331,7 @@ class Progress:
         score = record["metrics"].get(main, float("nan"))
         self.bar.update(1)
         self.bar.set_postfix_str(f"ETA {eta}")
-        _note(
+        note(
             self.enabled,
             f"glue: [{self.count}/{self.total}] {spec.label}: {main.removeprefix('eval_')}={score:.4f} "
             f"({duration(record['seconds'])}; ETA {eta})",
@@ -363,7 +362,7 @@ def _note_missing_files(records: dict[RunSpec, Any], root: Path) -> None:
             expected.append(DIAGNOSTIC.submission_files["test"])
         missing = [n for n in expected if f"glue/{n}" not in record["files"]]
         if missing:
-            _note(True, f"glue: {spec.label} finished before {', '.join(missing)} could be predicted; "
+            note(True, f"glue: {spec.label} finished before {', '.join(missing)} could be predicted; "
                         f"--overwrite-output-dir (or deleting {spec.task.dir_name}'s runs) redoes it")  # fmt: skip
 
 
@@ -373,8 +372,3 @@ def _by_task(records: dict[RunSpec, Any], tasks: list[GlueTask]) -> dict[GlueTas
 
 def _last_of_task(spec: RunSpec, plan: list[tuple[RunSpec, Any, Any]]) -> bool:
     return [s for s, _, _ in plan if s.task.name == spec.task.name][-1] == spec
-
-
-def _note(enabled: bool, message: str) -> None:
-    if enabled:
-        logger.info(message)

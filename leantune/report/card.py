@@ -9,6 +9,8 @@ from typing import Any
 
 import yaml
 
+from leantune.report.write import write_text_atomic
+
 # The metric names GLUE and the Hub's `evaluate` use, shown by their usual names.
 _SHOWN = {"f1": "F1", "accuracy": "Accuracy", "matthews_correlation": "Matthews Correlation", "pearson": "Pearson",
           "spearmanr": "Spearmanr", "macro_f1": "Macro F1", "micro_f1": "Micro F1", "mse": "MSE"}  # fmt: skip
@@ -88,7 +90,5 @@ def _is_metric(key: str, value: Any) -> bool:
 
 def write_model_card(out: Path, config: dict[str, Any], evaluations: list[dict[str, Any]]) -> Path:
     path = out / "README.md"
-    tmp = path.with_name(".README.md.tmp")
-    tmp.write_text(model_card(out.resolve().name, config, evaluations))
-    tmp.replace(path)
+    write_text_atomic(path, model_card(out.resolve().name, config, evaluations))
     return path

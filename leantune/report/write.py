@@ -55,7 +55,7 @@ def save_eval_predictions(out: Path, last_eval: dict[str, Any], raw: Any, info: 
         gold = None if pred.label_ids is None else pred.label_ids[i]
         rec.update(info.problem.example_record(logits[i], gold))
         lines.append(json.dumps(rec))
-    _write_text(out / "eval_predictions.jsonl", "\n".join(lines) + "\n")
+    write_text_atomic(out / "eval_predictions.jsonl", "\n".join(lines) + "\n")
 
 
 def save_lengths(out: Path, train_ds: Any, args: Any, packed: bool = False) -> None:
@@ -70,10 +70,11 @@ def save_lengths(out: Path, train_ds: Any, args: Any, packed: bool = False) -> N
         "group_by_length": args.group_by_length,
         "packed": packed,
     }
-    _write_text(out / "lengths.json", json.dumps(data) + "\n")
+    write_text_atomic(out / "lengths.json", json.dumps(data) + "\n")
 
 
-def _write_text(path: Path, text: str) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` to a temporary file beside `path`, then rename: readers never see half a file."""
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
@@ -100,7 +101,7 @@ def write_report(dirs: list[str | os.PathLike], output: str | os.PathLike | None
         runs = [load_run(d) for d in dirs]
         html = report_pages.compare_page(runs, _out_dir(output, first))
     path = Path(output) if output else first / ("report.html" if len(dirs) == 1 else "compare.html")
-    _write_text(path, html)
+    write_text_atomic(path, html)
     return path
 
 

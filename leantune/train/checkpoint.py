@@ -121,7 +121,7 @@ def write_checkpoint(out: Path, step: int, write_files: Callable[[Path], None]) 
 def _write_manifest(d: Path, step: int) -> None:
     files = {}
     for f in sorted(p for p in d.rglob("*") if p.is_file()):
-        files[f.relative_to(d).as_posix()] = {"size": f.stat().st_size, "sha256": _sha256(f)}
+        files[f.relative_to(d).as_posix()] = {"size": f.stat().st_size, "sha256": sha256_file(f)}
         _fsync_file(f)
     _fsync_dir(d)
     with open(d / MANIFEST, "w") as fh:
@@ -143,7 +143,8 @@ def _replace_dir(tmp: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """The file's SHA-256, read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -200,7 +201,7 @@ def verify_checkpoint(path: Path) -> str | None:
         size = f.stat().st_size
         if size != meta.get("size"):
             return f"{name} is truncated or changed ({size} bytes, {meta.get('size')} expected)"
-        if _sha256(f) != meta.get("sha256"):
+        if sha256_file(f) != meta.get("sha256"):
             return f"{name} does not match its checksum"
     return None
 
