@@ -22,7 +22,7 @@ from leantune.log import note
 from leantune.report.plots import metric_keys
 from leantune.report.read import higher_is_better, load_run, main_metric_key
 from leantune.report.write import write_report
-from leantune.train.distributed import on_cpu
+from leantune.train.distributed import process_state
 from leantune.train.runlog import write_json_atomic
 
 STD_NOTE = "std is the sample standard deviation (n - 1 in the denominator); 0 for a single seed"
@@ -30,8 +30,6 @@ STD_NOTE = "std is the sample standard deviation (n - 1 in the denominator); 0 f
 
 def train_seeds(data_args: DataArguments, args: TrainingArguments, seeds: list[int]) -> dict[str, Any]:
     """Train once per seed into OUT/seed-N, then summarize, keep the best as OUT/best, and report."""
-    from accelerate import PartialState
-
     from leantune.run import check_output_dir, train
 
     out = Path(args.output_dir)
@@ -40,7 +38,7 @@ def train_seeds(data_args: DataArguments, args: TrainingArguments, seeds: list[i
     # every directory is checked before the first seed trains, not when seed 3 would overwrite something
     for d in (out, out / "best", *(out / f"seed-{s}" for s in seeds)):
         check_output_dir(d, args.overwrite_output_dir)
-    main = PartialState(cpu=on_cpu(args)).is_main_process  # cpu: as the Trainer's, else torchrun on CPUs is 1+1
+    main = process_state(args).is_main_process
     for i, seed in enumerate(seeds):
         note(main, f"seed {seed} ({i + 1} of {len(seeds)}) -> {out / f'seed-{seed}'}")
         train(data_args, dataclasses.replace(args, output_dir=str(out / f"seed-{seed}"), seed=seed))

@@ -37,7 +37,7 @@ from leantune.glue.settings import read_overrides, task_arguments
 from leantune.log import note
 from leantune.report.write import write_text_atomic
 from leantune.train.checkpoint import checkpoint_dirs, remove_checkpoints, sha256_file
-from leantune.train.distributed import on_cpu
+from leantune.train.distributed import process_state
 from leantune.train.runlog import write_json_atomic
 
 
@@ -59,9 +59,7 @@ class RunSpec:
 
 def run_glue(glue: GlueArguments, data: DataArguments, args: TrainingArguments) -> dict[str, Any]:
     """Run (or resume) the sweep over every task found; returns results.json's content."""
-    from accelerate import PartialState
-
-    state = PartialState(cpu=on_cpu(args))  # as the Trainer will: several CPU processes under torchrun
+    state = process_state(args)
     main = state.is_main_process
     root, out = Path(glue.data_dir), Path(args.output_dir)
     plan = make_plan(glue, data, args, root, main)  # every input checked: nothing is written before this

@@ -72,6 +72,15 @@ def on_cpu(args: Any) -> bool:
     return args.use_cpu or not torch.cuda.is_available()
 
 
+def process_state(args: Any) -> Any:
+    """Accelerate's PartialState as the Trainer's Accelerator will see it, for a recipe that asks which process
+    it is before any Trainer exists: without `cpu=True` on a CPU machine, torchrun's processes would each
+    start a one-process run."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=on_cpu(args))
+
+
 def make_accelerator(args: Any) -> Any:
     """The Accelerator, joining the process group a launcher set up; a launcher that is misconfigured
     (no master at MASTER_ADDR:MASTER_PORT, a rank that never comes) ends in one line after --ddp-timeout."""
