@@ -31,6 +31,25 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+# The experiment trackers `--report-to` takes (Accelerate's tracker classes, train/trackers.py), each its package.
+REPORT_TO = ("tensorboard", "mlflow", "wandb")
+
+
+def report_to_problems(value: str) -> list[str]:
+    """What is wrong with a `--report-to` value: an unknown name, "none"/"all" mixed with others, a tracker
+    whose package is not installed (said before anything is written, not at the first log line)."""
+    import importlib.util
+
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    if len(names) > 1 and {"none", "all"} & set(names):
+        return [f"--report-to {value}: 'none' and 'all' stand alone"]
+    unknown = [n for n in names if n not in (*REPORT_TO, "none", "all")]
+    if unknown:
+        return [f"--report-to: unknown tracker {', '.join(unknown)} (choose from none, all, {', '.join(REPORT_TO)})"]
+    missing = [n for n in names if n in REPORT_TO and importlib.util.find_spec(n) is None]
+    return [f"--report-to {n} needs the {n} package: pip install {n}" for n in missing]
+
+
 @dataclass
 class TrainingArguments:
     """How to train: the optimizer, schedule, batching, evaluation and precision. Course defaults."""
@@ -129,7 +148,10 @@ class TrainingArguments:
         aliases=["--quiet"],
     )
     report_to: str = arg(
-        "none", "Also log to TensorBoard (event files in OUTPUT_DIR/runs).", choices=["none", "tensorboard"]
+        "none",
+        "Also log to experiment trackers, comma-separated: tensorboard (OUTPUT_DIR/runs), mlflow "
+        "(MLFLOW_TRACKING_URI, else OUTPUT_DIR/mlflow.db), wandb (offline in OUTPUT_DIR/wandb unless WANDB_MODE "
+        "is set); all = every one installed; none.",
     )
     save_strategy: str | None = arg(
         None,
@@ -223,16 +245,22 @@ class TrainingArguments:
         return p
 
     def problems(self) -> list[str]:
-        p = []
-        for name in (
+        return (
+            self._range_problems()
+            + self._choice_problems()
+            + report_to_problems(self.report_to)
+            + self._checkpoint_problems()
+        )
+
+    def _range_problems(self) -> list[str]:
+        positive = (
             "per_device_train_batch_size",
             "per_device_eval_batch_size",
             "gradient_accumulation_steps",
             "logging_steps",
-        ):
-            if getattr(self, name) < 1:
-                p.append(f"{flag(name)} must be >= 1, got {getattr(self, name)}")
-        for name in (
+        )
+        p = [f"{flag(n)} must be >= 1, got {getattr(self, n)}" for n in positive if getattr(self, n) < 1]
+        nonnegative = (
             "learning_rate",
             "weight_decay",
             "max_grad_norm",
@@ -242,24 +270,27 @@ class TrainingArguments:
             "eval_steps",
             "pad_to_multiple_of",
             "dataloader_num_workers",
-        ):
-            value = getattr(self, name)
-            if not value >= 0:  # also catches NaN
-                p.append(f"{flag(name)} must be >= 0, got {value}")
+        )
+        # `not value >= 0` also catches NaN
+        p += [f"{flag(n)} must be >= 0, got {getattr(self, n)}" for n in nonnegative if not getattr(self, n) >= 0]
         if self.num_train_epochs == 0 and self.max_steps <= 0:
             p.append("--num-train-epochs is 0 and --max-steps is not set: nothing to train")
-        if not 0 <= self.warmup_ratio < 1:
-            p.append(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
-        for name in ("adam_beta1", "adam_beta2"):
-            if not 0 <= getattr(self, name) < 1:
-                p.append(f"{flag(name)} must be in [0, 1), got {getattr(self, name)}")
-        for f in dataclasses.fields(self):
-            choices = f.metadata.get("choices")
-            if choices and getattr(self, f.name) not in choices:
-                p.append(f"{flag(f.name)} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}")
+        p += [
+            f"{flag(n)} must be in [0, 1), got {getattr(self, n)}"
+            for n in ("warmup_ratio", "adam_beta1", "adam_beta2")
+            if not 0 <= getattr(self, n) < 1
+        ]
+        return p
+
+    def _choice_problems(self) -> list[str]:
+        p = [
+            f"{flag(f.name)} must be one of {', '.join(f.metadata['choices'])}, got {getattr(self, f.name)!r}"
+            for f in dataclasses.fields(self)
+            if f.metadata.get("choices") and getattr(self, f.name) not in f.metadata["choices"]
+        ]
         if self.fp16 and self.bf16:
             p.append("--fp16 and --bf16 are exclusive: pick one")
-        return p + self._checkpoint_problems()
+        return p
 
     def _checkpoint_problems(self) -> list[str]:
         p = [

@@ -17,9 +17,8 @@ LEVELS = [
     {"glue"},
     {"cli", "__main__", "__init__"},
 ]
-# Known, named in the README: the run log writes TensorBoard events through report/ (until trackers move
-# to Accelerate's).
-ALLOWED_UP = {("leantune.train.runlog", "leantune.report.tensorboard")}
+# Up-imports allowed by name (none left since the trackers moved to Accelerate's, in train/trackers.py).
+ALLOWED_UP: set[tuple[str, str]] = set()
 
 
 def _graph() -> dict[str, set[str]]:

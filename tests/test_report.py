@@ -86,7 +86,7 @@ def test_tensorboard_events_hold_the_logged_values(trained):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out, _ = trained
-    acc = EventAccumulator(str(out / "runs"))
+    acc = EventAccumulator(str(out / "runs" / "leantune"))
     acc.Reload()
     log = _log(out)
     for tag, kind, key in [

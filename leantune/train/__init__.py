@@ -3,8 +3,9 @@
     trainer.py      the training loop          evaluation.py   evaluate / predict, one gather
     optim.py        AdamW, schedule, clip      checkpoint.py   atomic checkpoints, exact resume
     control.py      signals, NaN guard, best model            distributed.py  who trains on what
-    runlog.py       log.jsonl, metrics.json    stats.py        running statistics     model.py  loading
+    runlog.py       log.jsonl, metrics.json    trackers.py     TensorBoard / MLflow / W&B (Accelerate's)
+    checkpointer.py the Trainer's checkpoints  stats.py        running statistics     model.py  loading
 
-Imports go down only: data/, speed/, problem.py, metrics.py, config.py; never report/ (its TensorBoard writer
-aside) nor the recipes (run.py, seeds.py, glue/).
+Imports go down only: data/, speed/, problem.py, metrics.py, config.py; never report/ nor the recipes
+(run.py, seeds.py, glue/).
 """

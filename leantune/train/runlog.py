@@ -1,22 +1,24 @@
 """What a run tells the user and leaves behind: progress bars, one line per evaluation,
-`log.jsonl` (a record per logging step and per evaluation), `metrics.json`, and with
-`report_to="tensorboard"` the same records as TensorBoard scalars in `runs/`.
+`log.jsonl` (a record per logging step and per evaluation), `metrics.json`, and with `report_to` the same
+records in experiment trackers (trackers.py) while training.
 
 Only the main process writes or prints (the Trainer passes `enabled=False` elsewhere).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from leantune.log import logger
-from leantune.report.tensorboard import TensorBoardWriter
+from leantune.train.trackers import Trackers
 
 
 class RunLog:
@@ -34,7 +36,7 @@ class RunLog:
         self.quiet = quiet
         # Bars only on a terminal: in CI logs they would be thousands of carriage returns.
         self.bars = bars and not quiet and enabled and sys.stderr.isatty()
-        self.tensorboard = TensorBoardWriter(self.dir / "runs") if report_to == "tensorboard" and enabled else None
+        self.trackers = Trackers(report_to, self.dir, enabled)
         self.history: list[dict[str, Any]] = []
         self._started = False
         self.files = True  # log.jsonl and metrics.json; evaluate/predict write only their own metrics file
@@ -65,10 +67,20 @@ class RunLog:
         with open(self.dir / "log.jsonl", "a" if self._started else "w") as f:
             f.write(json.dumps(rec) + "\n")
         self._started = True
-        if self.tensorboard is not None:
-            self.tensorboard.write(rec, kind)
+        self.trackers.log(rec, kind)
         if kind in ("eval", "train_end"):
             self.write_metrics()
+
+    @contextlib.contextmanager
+    def tracking(self, config: dict[str, Any]) -> Iterator[None]:
+        """The trackers' runs open for the body (one training), with `config` as their settings; closed
+        however it ends, so no tracker run (or MLflow's process-wide active run) outlives it."""
+        if self.enabled:
+            self.trackers.start(config)
+        try:
+            yield
+        finally:
+            self.trackers.finish()
 
     def restore(self, history: list[dict[str, Any]]) -> None:
         """Continue a resumed run: its records up to the checkpoint become the history, log.jsonl and

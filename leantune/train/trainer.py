@@ -141,7 +141,7 @@ class Trainer:
         )
         self.speed = decide(levers, self.model, self.args)
         self.log.info(f"speed levers: {summary(self.speed)}; process: {process_line()}")
-        with enter_levers(levers, self.speed, self.model, self.args):
+        with enter_levers(levers, self.speed, self.model, self.args), self.log.tracking(self.args.to_dict()):
             return self._train(resume_from_checkpoint)
 
     def speed_report(self) -> dict[str, dict]:
