@@ -219,6 +219,50 @@ def test_a_failed_save_leaves_the_previous_checkpoint_and_no_debris(tmp_path):
     assert resolve_checkpoint(True, tmp_path, print) == tmp_path / "checkpoint-3"
 
 
+def test_a_full_disk_at_the_checkpoints_own_rename_names_the_intact_previous_one(tiny_bert, files, tmp_path, monkeypatch, capsys):  # fmt: skip
+    """The save of checkpoint-8 fails at its last act, the rename of its finished temporary directory into
+    place: one line naming the newest checkpoint left (checkpoint-4), which is byte for byte what it was
+    when the failing save began, verifies, is what --resume picks, and no temporary directory is left."""
+    out, real, seen = tmp_path / "run", os.replace, {}
+
+    def replace(src, dst, *a, **k):
+        if Path(src).name.startswith(".tmp-checkpoint-8-"):
+            seen.update({p: p.read_bytes() for p in (out / "checkpoint-4").iterdir()})
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))
+        return real(src, dst, *a, **k)
+
+    monkeypatch.setattr(os, "replace", replace)
+    assert main(_argv(tiny_bert, files, out, "--save-strategy", "steps", "--save-steps", "4")) == 2
+    monkeypatch.undo()
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"leantune: error: cannot save {out}/checkpoint-8: No space left on device; the newest earlier "
+        f"checkpoint, {out}/checkpoint-4, is intact (continue from it with --resume)"
+    )
+    assert seen and {p: p.read_bytes() for p in (out / "checkpoint-4").iterdir()} == seen
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith((".tmp", "checkpoint"))) == ["checkpoint-4"]
+    assert verify_checkpoint(out / "checkpoint-4") is None
+    assert resolve_checkpoint(True, out, print) == out / "checkpoint-4"
+
+
+def test_a_failed_rename_over_an_older_checkpoint_of_the_same_step_puts_it_back(tmp_path, monkeypatch):
+    """A resumed run saving checkpoint-STEP again moves the old one aside first; if the new one's rename then
+    fails, the old one goes back in place (it would otherwise be left in a temporary directory, removed later)."""
+    write_checkpoint(tmp_path, 3, _tiny_ckpt)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "checkpoint-3").iterdir()}
+    real = os.replace
+
+    def replace(src, dst, *a, **k):
+        if Path(src).name.startswith(".tmp-checkpoint-3-"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(src, dst, *a, **k)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError, match="No space left"):
+        write_checkpoint(tmp_path, 3, _tiny_ckpt)
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-3"]
+    assert {p.name: p.read_bytes() for p in (tmp_path / "checkpoint-3").iterdir()} == before
+
+
 @pytest.mark.parametrize(
     "damage, problem",
     [

@@ -138,7 +138,13 @@ def _replace_dir(tmp: Path, final: Path) -> None:
     if final.exists():
         old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f"{_TMP_PREFIX}old-"))
         os.replace(final, old / final.name)
-    os.replace(tmp, final)
+    try:
+        os.replace(tmp, final)
+    except OSError:
+        if old is not None:  # the rename failed (a full disk): the previous checkpoint-STEP goes back in place
+            os.replace(old / final.name, final)
+            old.rmdir()
+        raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 

@@ -18,6 +18,7 @@ from leantune.errors import LeantuneError
 from leantune.train.checkpoint import (
     capture_rng,
     check_resumable,
+    latest_valid_checkpoint,
     load_stats_state,
     load_training_files,
     load_weights,
@@ -52,12 +53,17 @@ class Checkpointer:
             try:
                 write_checkpoint(self.out, step, lambda d: write_training_files(d, *files))
             except OSError as e:
-                raise LeantuneError(
-                    f"cannot save {path}: {e.strerror or e}; the checkpoints already there are intact"
-                ) from None
+                raise LeantuneError(f"cannot save {path}: {e.strerror or e}; {self._intact()}") from None
             rotate_checkpoints(self.out, self.args.save_total_limit, keep=[self.out / k for k in keep])
         acc.wait_for_everyone()
         return path
+
+    def _intact(self) -> str:
+        """After a failed save: what the user still has (write_checkpoint left every earlier one as it was)."""
+        newest = latest_valid_checkpoint(self.out, lambda _: None)
+        if newest is None:
+            return "no earlier checkpoint in this run"
+        return f"the newest earlier checkpoint, {newest}, is intact (continue from it with --resume)"
 
     def restore(self, value: str | bool | None, model: Any, optimizer: Any, scheduler: Any, stats: Any,
                 train_rows: int) -> tuple[Path, dict[str, Any], Callable[[], None]] | None:  # fmt: skip
