@@ -153,8 +153,21 @@ def _is_multi_label(
 
 
 def _read_table(path: Path, column_names: list[str] | tuple[str, ...] | None = None):
-    import pandas as pd
+    """The file as a DataFrame of string-named columns: checked path, parsed, checked shape (each a one-line error)."""
+    suffix = _check_path(path, column_names)
+    df = _parse(path, suffix, column_names)
+    if len(df) == 0:
+        raise LeantuneError(f"{path}: no data rows")
+    df.columns = [str(c) for c in df.columns]
+    repeated = sorted({c for c in df.columns if list(df.columns).count(c) > 1})
+    if repeated:  # e.g. Parquet; pandas renames a CSV's repeats, _read_delimited checks those
+        raise LeantuneError(f"{path}: column {repeated[0]!r} appears more than once")
+    _check_delimiter(df, suffix, path)
+    return df
 
+
+def _check_path(path: Path, column_names: list[str] | tuple[str, ...] | None) -> str:
+    """The file's lower-case suffix, once the path is a readable file of a supported type."""
     suffix = path.suffix.lower()
     if suffix not in FILE_FORMATS:
         raise LeantuneError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(FILE_FORMATS)}")
@@ -166,17 +179,22 @@ def _read_table(path: Path, column_names: list[str] | tuple[str, ...] | None = N
         raise LeantuneError(f"{path}: is a directory, not a file")
     if not path.is_file():
         raise LeantuneError(f"{path}: no such file")
+    return suffix
+
+
+def _parse(path: Path, suffix: str, column_names: list[str] | tuple[str, ...] | None):
+    """pandas' reading of the file; what pandas raises becomes one line naming the file."""
+    import pandas as pd
+
     try:
         if suffix in (".csv", ".tsv"):
-            df = _read_delimited(path, suffix, column_names)
-        elif suffix == ".parquet":
-            df = pd.read_parquet(path)
-        else:
-            with open(path, encoding="utf-8-sig") as f:
-                head = f.read(1).lstrip()
-                f.seek(0)
-                lines = suffix == ".jsonl" or head != "["
-                df = pd.read_json(f, lines=lines, dtype=False)
+            return _read_delimited(path, suffix, column_names)
+        if suffix == ".parquet":
+            return pd.read_parquet(path)
+        with open(path, encoding="utf-8-sig") as f:
+            head = f.read(1).lstrip()
+            f.seek(0)
+            return pd.read_json(f, lines=suffix == ".jsonl" or head != "[", dtype=False)
     except LeantuneError:
         raise
     except UnicodeDecodeError as e:
@@ -186,14 +204,6 @@ def _read_table(path: Path, column_names: list[str] | tuple[str, ...] | None = N
     except (ValueError, TypeError, pd.errors.ParserError, OSError) as e:  # TypeError: JSON of an odd shape
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise LeantuneError(f"{path}: cannot parse as {suffix[1:].upper()}: {first_line}") from None
-    if len(df) == 0:
-        raise LeantuneError(f"{path}: no data rows")
-    df.columns = [str(c) for c in df.columns]
-    repeated = sorted({c for c in df.columns if list(df.columns).count(c) > 1})
-    if repeated:  # e.g. Parquet; pandas renames a CSV's repeats, _read_delimited checks those
-        raise LeantuneError(f"{path}: column {repeated[0]!r} appears more than once")
-    _check_delimiter(df, suffix, path)
-    return df
 
 
 def _read_delimited(path: Path, suffix: str, column_names: list[str] | tuple[str, ...] | None = None):

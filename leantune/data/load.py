@@ -101,18 +101,7 @@ def glue_batches(t: GlueTask, path: Path, is_test: bool, schema: Any = None) -> 
     header = next(rows, (0, None))[1] if has_header else []
     if header is None:
         raise LeantuneError(f"{path}: file is empty")
-    spec = (t.test_tsv_columns or t.tsv_columns) if is_test else t.tsv_columns
-
-    def position(col: str | int) -> int:
-        if isinstance(col, int):
-            return col
-        if col not in header:
-            raise LeantuneError(f"{path}: column {col!r} not found; columns are: {column_list(header)}")
-        return header.index(col)
-
-    text_pos = {name: position(col) for name, col in spec.items()}
-    label_pos = None if is_test else position(t.tsv_label)
-    index_pos = next((header.index(c) for c in ("index", "id") if is_test and c in header), None)
+    text_pos, label_pos, index_pos = _glue_positions(t, path, header, is_test)
     need = max([*text_pos.values(), label_pos or 0, index_pos or 0])
     data: dict[str, list[Any]] = {c: [] for c in [*text_pos, "label", "idx"]}
     bad: list[int] = []
@@ -139,6 +128,27 @@ def glue_batches(t: GlueTask, path: Path, is_test: bool, schema: Any = None) -> 
         raise LeantuneError(f"{path}: no data rows")
     if data["idx"]:
         yield pa.record_batch([data[f.name] for f in schema], schema=schema)
+
+
+def _glue_positions(
+    t: GlueTask, path: Path, header: list[str], is_test: bool
+) -> tuple[dict[str, int], int | None, int | None]:
+    """Where the file keeps each text column, the label (None in a test file) and a test file's own index
+    (`index`, QQP's `id`; None: the row's position): by name in the header, or by position where the task's
+    files have none."""
+    spec = (t.test_tsv_columns or t.tsv_columns) if is_test else t.tsv_columns
+
+    def position(col: str | int) -> int:
+        if isinstance(col, int):
+            return col
+        if col not in header:
+            raise LeantuneError(f"{path}: column {col!r} not found; columns are: {column_list(header)}")
+        return header.index(col)
+
+    text_pos = {name: position(col) for name, col in spec.items()}
+    label_pos = None if is_test else position(t.tsv_label)
+    index_pos = next((header.index(c) for c in ("index", "id") if is_test and c in header), None)
+    return text_pos, label_pos, index_pos
 
 
 def _index(text: str, path: Path, line: int) -> int:
