@@ -15,6 +15,9 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
+from torch.utils.data import DataLoader
+
+from leantune.data.collate import LengthGroupedBatchSampler, ResumableBatchSampler, ShuffledBatchSampler, lengths_of
 
 
 class ShardedBatchSampler:
@@ -116,3 +119,34 @@ def set_threads_per_process(cpu: bool) -> None:
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     if local_world > 1 and cpu and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+
+
+def process_seed(seed: int, process_index: int) -> int:
+    """The seed of process `process_index`'s random streams: `seed` for process 0, else one drawn from
+    (seed, index) by numpy's SeedSequence. Not seed + index (Accelerate's device_specific): then process 1
+    of a run with seed s would repeat process 0 of the run with seed s + 1 (multi-seed runs would share
+    streams)."""
+    if process_index == 0:
+        return seed
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, process_index]).generate_state(1)[0])
+
+
+def train_loader(ds: Any, args: Any, collate: Any, process_index: int, world: int) -> tuple[Any, Any]:
+    """The training DataLoader and its resumable batch sampler: every process draws the same global batches
+    (plain shuffling, or length groups with --group-by-length) and takes its own slice of each."""
+    size = args.per_device_train_batch_size * world
+    inner = (
+        LengthGroupedBatchSampler(lengths_of(ds), size, seed=args.seed)
+        if args.group_by_length
+        else ShuffledBatchSampler(len(ds), size, seed=args.seed)
+    )
+    sampler = ResumableBatchSampler(ShardedBatchSampler(inner, process_index, world))
+    # A private generator: the DataLoader then draws nothing from torch's global one, whose state (the
+    # dropout masks) checkpoints restore at step boundaries.
+    generator = torch.Generator().manual_seed(args.seed)
+    loader = DataLoader(
+        ds, batch_sampler=sampler, collate_fn=collate, num_workers=args.dataloader_num_workers, generator=generator
+    )
+    return loader, sampler

@@ -85,3 +85,15 @@ def build_scheduler(optimizer: torch.optim.Optimizer, args: TrainingArguments, t
 
     warmup = args.warmup_steps or math.ceil(args.warmup_ratio * total_steps)
     return get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+
+
+def step_norm(acc: Any, args: TrainingArguments, model: Any, optimizer: Any, stats: Any) -> torch.Tensor | None:
+    """A step's gradient norm, for the NaN check: clipped to --max-grad-norm (clip_grad_norm, which also keeps
+    it in `stats` for the log); None under fp16, whose grad scaler skips inf/NaN steps by design."""
+    if args.max_grad_norm > 0:
+        stats.grad_norm = clip_grad_norm(acc, optimizer, model.parameters(), args.max_grad_norm)
+    if acc.scaler is not None:
+        return None
+    if args.max_grad_norm > 0:
+        return stats.grad_norm
+    return torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])

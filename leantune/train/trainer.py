@@ -25,13 +25,7 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
 from leantune.config import TrainingArguments
-from leantune.data.collate import (
-    DataCollatorWithPadding,
-    LengthGroupedBatchSampler,
-    ResumableBatchSampler,
-    ShuffledBatchSampler,
-    lengths_of,
-)
+from leantune.data.collate import DataCollatorWithPadding, ResumableBatchSampler
 from leantune.errors import LeantuneError, TrainingInterrupted
 from leantune.metrics import EvalPrediction
 from leantune.speed.cudagraph import BUCKET, GraphedStep, can_use_cuda_graphs
@@ -41,26 +35,11 @@ from leantune.speed.process import process_line, process_tuning
 from leantune.train.checkpoint import preserved_rng
 from leantune.train.checkpointer import Checkpointer
 from leantune.train.control import BestTracker, GracefulStop, NonFiniteGuard, signal_name
-from leantune.train.distributed import (
-    ShardedBatchSampler,
-    make_accelerator,
-)
+from leantune.train.distributed import make_accelerator, process_seed, train_loader
 from leantune.train.evaluation import Evaluator, PredictionOutput, model_columns, model_inputs
-from leantune.train.optim import build_optimizer, build_scheduler, check_precision, clip_grad_norm
+from leantune.train.optim import build_optimizer, build_scheduler, check_precision, step_norm
 from leantune.train.runlog import RunLog
 from leantune.train.stats import TrainStats
-
-
-def process_seed(seed: int, process_index: int) -> int:
-    """The seed of process `process_index`'s random streams: `seed` for process 0, else one drawn from
-    (seed, index) by numpy's SeedSequence. Not seed + index (Accelerate's device_specific): then process 1
-    of a run with seed s would repeat process 0 of the run with seed s + 1 (multi-seed runs would share
-    streams)."""
-    if process_index == 0:
-        return seed
-    import numpy as np
-
-    return int(np.random.SeedSequence([seed, process_index]).generate_state(1)[0])
 
 
 class TrainOutput(NamedTuple):
@@ -225,7 +204,7 @@ class Trainer:
             pending.append((loss.detach(), batch))
             if (i + 1) % accum != 0 and i + 1 != len(loader):
                 continue  # accumulating: the step comes with the last micro-batch
-            norm = self._grad_norm(model, stats, optimizer)  # clip
+            norm = step_norm(self.accelerator, self.args, model, optimizer, stats)  # clip
             if self._guard.check(self.global_step + 1, sum(lo for lo, _ in pending), norm, acc):  # check
                 optimizer.step()  # step
                 for lo, b in pending:
@@ -307,26 +286,10 @@ class Trainer:
 
     def _train_loader(self) -> tuple[DataLoader, ResumableBatchSampler]:
         """Batches in an order fixed by the seed and the epoch alone, so a resumed run can rebuild it."""
-        args, ds = self.args, model_columns(self.train_dataset, self._forward_args)
-        bs = args.per_device_train_batch_size
-        # A private generator: the DataLoader then draws nothing from torch's global one, whose state (the
-        # dropout masks) checkpoints restore at step boundaries.
         packed = self.speed.get("packed_batches")
         collate = PackedCollator(position_offset(self.model)) if packed and packed.applied else self.data_collator
-        common = {
-            "collate_fn": collate,
-            "num_workers": args.dataloader_num_workers,
-            "generator": torch.Generator().manual_seed(args.seed),
-        }
-        # Every process draws the same global batches and takes its own slice of each (distributed.py).
-        world = self.accelerator.num_processes
-        inner = (
-            LengthGroupedBatchSampler(lengths_of(ds), bs * world, seed=args.seed)
-            if args.group_by_length
-            else ShuffledBatchSampler(len(ds), bs * world, seed=args.seed)
-        )
-        sampler = ResumableBatchSampler(ShardedBatchSampler(inner, self.accelerator.process_index, world))
-        return DataLoader(ds, batch_sampler=sampler, **common), sampler
+        ds = model_columns(self.train_dataset, self._forward_args)
+        return train_loader(ds, self.args, collate, self.accelerator.process_index, self.accelerator.num_processes)
 
     # ------------------------------------------------------------ checkpoints, stopping, best model
     def _begin_control(self) -> None:
@@ -338,18 +301,6 @@ class Trainer:
             self._best = BestTracker(
                 args.metric_for_best_model or "loss", args.greater_is_better, args.early_stopping_patience
             )
-
-    def _grad_norm(self, model, stats: TrainStats, optimizer) -> torch.Tensor | None:
-        """The gradient norm (clipping to --max-grad-norm, see optim.clip_grad_norm); None under fp16, whose
-        grad scaler skips steps with inf/NaN gradients by design."""
-        acc, args = self.accelerator, self.args
-        if args.max_grad_norm > 0:
-            stats.grad_norm = clip_grad_norm(acc, optimizer, model.parameters(), args.max_grad_norm)
-        if acc.scaler is not None:
-            return None
-        if args.max_grad_norm > 0:
-            return stats.grad_norm
-        return torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
 
     def _boundary(self, due: bool, model, optimizer, scheduler, stats: TrainStats, position: Position) -> bool:
         """After a step or an epoch: save when due, at a new best, or on SIGINT/SIGTERM (then stop with
