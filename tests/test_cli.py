@@ -52,10 +52,20 @@ def csv_files(tmp_path_factory):
     return train, val, test
 
 
-def test_short_train_then_evaluate_and_predict(tiny_bert, csv_files, tmp_path):
+def in_process(capsys, *args: str) -> subprocess.CompletedProcess:
+    """`leantune ARGS` through cli.main in this process (no interpreter start-up): exit code and stderr."""
+    from leantune.cli import main
+
+    capsys.readouterr()
+    code = main(list(args))
+    return subprocess.CompletedProcess(args, code, "", capsys.readouterr().err)
+
+
+def test_short_train_then_evaluate_and_predict(tiny_bert, csv_files, tmp_path, capsys):
     train, val, test = csv_files
     out = tmp_path / "run"
-    r = run(
+    r = in_process(
+        capsys,
         "train",
         "--model",
         tiny_bert,
@@ -111,12 +121,16 @@ def test_short_train_then_evaluate_and_predict(tiny_bert, csv_files, tmp_path):
     assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
     assert len((out / "log.jsonl").read_text().splitlines()) >= 4
 
-    ev = run("evaluate", "--model", str(out), "--validation-file", str(val), "--output-dir", str(tmp_path / "ev"))
+    ev = in_process(
+        capsys, "evaluate", "--model", str(out), "--validation-file", str(val), "--output-dir", str(tmp_path / "ev")
+    )
     assert ev.returncode == 0, ev.stderr
     acc = json.loads((tmp_path / "ev" / "eval_validation_metrics.json").read_text())["eval_accuracy"]
     assert acc == pytest.approx(metrics["evaluations"][-1]["eval_accuracy"])
 
-    p = run("predict", "--model", str(out), "--test-file", str(test), "--output-dir", str(tmp_path / "pred"))
+    p = in_process(
+        capsys, "predict", "--model", str(out), "--test-file", str(test), "--output-dir", str(tmp_path / "pred")
+    )
     assert p.returncode == 0, p.stderr
     lines = (tmp_path / "pred" / "predictions.tsv").read_text().splitlines()
     assert lines[0] == "index\tprediction" and len(lines) == 11
@@ -125,7 +139,7 @@ def test_short_train_then_evaluate_and_predict(tiny_bert, csv_files, tmp_path):
     probs = (tmp_path / "pred" / "probabilities.tsv").read_text().splitlines()
     assert probs[0] == "index\t0\t1" and abs(sum(map(float, probs[1].split("\t")[1:])) - 1) < 1e-5
 
-    again = run("train", "--model", tiny_bert, "--train-file", str(train), "--output-dir", str(out))
+    again = in_process(capsys, "train", "--model", tiny_bert, "--train-file", str(train), "--output-dir", str(out))
     assert again.returncode == 2 and "holds a previous run" in again.stderr
     assert json.loads((out / "metrics.json").read_text()) == metrics  # untouched
 
@@ -162,12 +176,12 @@ def _bad_inputs(tmp: Path, train: Path, model: str) -> list[tuple[list[str], str
     ]
 
 
-def test_bad_inputs_exit_2_with_one_line_and_write_nothing(tiny_bert, csv_files, tmp_path):
+def test_bad_inputs_exit_2_with_one_line_and_write_nothing(tiny_bert, csv_files, tmp_path, capsys):
     train = csv_files[0]
     for args, message in _bad_inputs(tmp_path, train, tiny_bert):
         out = tmp_path / "out-never"
         full = ["train", "--model", tiny_bert, "--output-dir", str(out), "--eval-strategy", "no", *args]
-        r = run(*full)
+        r = in_process(capsys, *full)
         assert r.returncode == 2, (args, r.stderr)
         assert message in r.stderr, (args, r.stderr)
         assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
