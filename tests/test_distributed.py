@@ -31,6 +31,28 @@ def torchrun(n: int, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
 
 
+def accelerate_launch(n: int, *args: str) -> subprocess.CompletedProcess:
+    """`accelerate launch` as the README gives it for a CPU-only machine: --multi_gpu picks Accelerate's
+    torch.distributed launcher (with --cpu it would start one process), --use-cpu makes it gloo on the CPU."""
+    import socket
+
+    with socket.socket() as free:  # its default port, 29500, may still be held by an earlier run
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", f"--num_processes={n}"]
+    cmd = [
+        *launch,
+        f"--main_process_port={port}",
+        "--num_machines=1",
+        "--mixed_precision=no",
+        "--dynamo_backend=no",
+        "-m",
+        "leantune",
+        *args,
+    ]
+    return subprocess.run([*cmd, "--use-cpu"], capture_output=True, text=True, timeout=300, check=False)
+
+
 def test_sharding_splits_global_batches_and_deals_eval_batches_once():
     batches = [[0, 1, 2, 3, 4, 5, 6, 7], [8, 9, 10]]
     ranks = [list(ShardedBatchSampler(batches, r, 2)) for r in range(2)]
@@ -110,7 +132,7 @@ def test_two_process_predict_writes_each_index_once_in_order(no_dropout_bert, fi
         ["predict", "--model", no_dropout_bert, "--test-file", str(test), "--output-dir", str(tmp_path / "p1")]
         + ["--per-device-eval-batch-size", "4", "--use-cpu"]
     )
-    two = torchrun(
+    two = accelerate_launch(  # the same job through Accelerate's launcher (the others use torchrun)
         2,
         "predict",
         "--model",
@@ -127,7 +149,7 @@ def test_two_process_predict_writes_each_index_once_in_order(no_dropout_bert, fi
     assert [line.split("\t")[0] for line in lines[1:]] == [str(i) for i in range(37)]
     p1 = (tmp_path / "p1" / "probabilities.tsv").read_text().splitlines()
     p2 = (tmp_path / "p2" / "probabilities.tsv").read_text().splitlines()
-    assert len(p2) == 38
+    assert len(p2) == 38 and two.stderr.count("leantune: wrote 37 predictions") == 1  # rank 0 alone writes
     for x, y in zip(p1[1:], p2[1:]):
         assert max(abs(float(u) - float(v)) for u, v in zip(x.split("\t")[1:], y.split("\t")[1:])) < 1e-5
 

@@ -128,6 +128,25 @@ def test_without_a_compiler_the_kernel_says_so_in_one_line_and_dropout_still_wor
         kernels.library.cache_clear()  # the next caller builds (or finds) the real one again
 
 
+def test_leantune_no_kernels_takes_the_numpy_path_with_the_same_masks(monkeypatch, tmp_path, capsys):
+    """LEANTUNE_NO_KERNELS=1: no compiler is called, nothing is built, and dropout draws the masks the kernel
+    would have drawn (numpy computes the same stream)."""
+    x = torch.randn(4, 33)
+    torch.manual_seed(3)
+    with_kernels = dropout(x, 0.1)
+    monkeypatch.setenv("LEANTUNE_NO_KERNELS", "1")
+    monkeypatch.setenv("LEANTUNE_CACHE", str(tmp_path))
+    monkeypatch.setattr(kernels, "_compile", lambda *a: pytest.fail("compiled despite LEANTUNE_NO_KERNELS"))
+    kernels.library.cache_clear()
+    try:
+        assert kernels.library() is None and kernels.unavailable() == "LEANTUNE_NO_KERNELS is set"
+        assert kernels.dropout_f32(x, 1, 0.1) is None and list(tmp_path.rglob("*.so")) == []
+        torch.manual_seed(3)
+        assert torch.equal(dropout(x, 0.1), with_kernels)
+    finally:
+        kernels.library.cache_clear()
+
+
 def test_attention_with_dropout_matches_the_masked_fill_reference_bit_for_bit():
     from leantune.speed.fastpath import attention
 

@@ -269,3 +269,27 @@ def test_tensorboard_missing_is_a_one_line_error_before_anything_is_written(tmp_
         RunLog(tmp_path / "out", report_to="tensorboard")
     assert not (tmp_path / "out" / "runs").exists()
     RunLog(tmp_path / "out2", report_to="none")  # without the flag, tensorboard is not needed
+
+
+def test_the_logger_does_not_propagate_and_a_users_handler_takes_its_lines():
+    import logging
+
+    from leantune.log import logger
+
+    assert logger is logging.getLogger("leantune") and not logger.propagate and logger.level == logging.INFO
+    seen: list[str] = []
+
+    class Mine(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    mine = Mine()
+    logger.addHandler(mine)
+    try:
+        logger.info("hello")
+        logger.setLevel(logging.WARNING)
+        logger.info("hidden")
+    finally:
+        logger.removeHandler(mine)
+        logger.setLevel(logging.INFO)
+    assert seen == ["hello"]

@@ -171,11 +171,13 @@ def test_resume_into_another_directory_from_an_epoch_end(tiny_bert, files, refer
     assert_same_run(reference(), again)
 
 
-def test_plain_shuffling_with_accumulation_resumes_exactly_too(tiny_bert, files, tmp_path):
+@pytest.mark.parametrize("batching", ["--no-group-by-length", "--group-by-length"])
+def test_plain_shuffling_with_accumulation_resumes_exactly_too(tiny_bert, files, tmp_path, batching):
+    """Mid-epoch resume with accumulation, packed plain-shuffled batches and padded length-grouped ones."""
     flags = [
         "--epochs",
         "2",
-        "--no-group-by-length",
+        batching,
         "--gradient-accumulation-steps",
         "2",
         "--eval-strategy",
@@ -253,6 +255,39 @@ def test_a_failed_rename_over_an_older_checkpoint_of_the_same_step_puts_it_back(
         write_checkpoint(tmp_path, 3, _tiny_ckpt)
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-3"]
     assert {p.name: p.read_bytes() for p in (tmp_path / "checkpoint-3").iterdir()} == before
+
+
+def test_resume_run_dir_takes_its_newest_checkpoint_and_a_checkpoint_itself(tmp_path):
+    """`--resume RUN_DIR` (another run's directory): its newest checkpoint; `--resume RUN_DIR/checkpoint-3`: that one."""
+    run = tmp_path / "other-run"
+    for step in (3, 12, 6):
+        write_checkpoint(run, step, _tiny_ckpt)
+    assert resolve_checkpoint(str(run), tmp_path / "this-run", print) == run / "checkpoint-12"
+    assert resolve_checkpoint(str(run / "checkpoint-3"), tmp_path / "this-run", print) == run / "checkpoint-3"
+    with pytest.raises(LeantuneError, match=r"--resume .*/nowhere: not a usable checkpoint \(no such directory\)"):
+        resolve_checkpoint(str(tmp_path / "nowhere"), tmp_path, print)
+
+
+def test_a_second_signal_stops_at_once():
+    """The first SIGINT is held for the next step boundary; the second gets Python's behaviour at once."""
+    from leantune.train.control import GracefulStop
+
+    with GracefulStop() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)  # the handler runs between bytecodes of the main thread
+        assert stop.requested() == signal.SIGINT
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_the_best_model_metric_defaults_to_the_tasks_and_its_direction_to_the_metrics():
+    from leantune.train.control import BestTracker
+
+    assert BestTracker("f1").metric == "eval_f1" and BestTracker("f1").greater_is_better
+    assert not BestTracker("eval_loss").greater_is_better and not BestTracker("mse").greater_is_better
+    assert not BestTracker("eval_f1", greater_is_better=False).greater_is_better
 
 
 @pytest.mark.parametrize(
@@ -397,6 +432,30 @@ def test_resume_refuses_a_different_data_order(tiny_bert, tmp_path):
         r"now 4; resume with the same value",
     ):
         other.train(resume_from_checkpoint=True)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("seed", 43), ("per_device_train_batch_size", 4), ("gradient_accumulation_steps", 2), ("group_by_length", True)],
+)
+def test_every_data_order_flag_is_refused_and_other_changes_are_one_line(field, value):
+    """The data order depends on the seed, the batch size, accumulation, grouping, the rows and the processes:
+    each changed is refused, naming the flag (or both sizes); any other changed flag is one note, followed."""
+    from leantune.config import TrainingArguments, flag
+    from leantune.train.checkpoint import check_resumable
+
+    saved = TrainingArguments("out").to_dict()
+    state = {"args": saved, "train_rows": 96, "world_size": 1}
+    with pytest.raises(LeantuneError, match=f"it was trained with {flag(field)} {saved[field]}, now {value};"):
+        check_resumable(state, Path("ck"), {**saved, field: value}, 96, 1, print)
+    with pytest.raises(LeantuneError, match=r"trained on 96 rows with 1 process\(es\), now 96 rows with 2;"):
+        check_resumable(state, Path("ck"), saved, 96, 2, print)
+    with pytest.raises(LeantuneError, match=r"trained on 96 rows with 1 process\(es\), now 95 rows with 1;"):
+        check_resumable(state, Path("ck"), saved, 95, 1, print)
+    notes: list[str] = []
+    now = {**saved, "learning_rate": 1e-3, "max_grad_norm": 0.5, "output_dir": "elsewhere", "disable_tqdm": True}
+    check_resumable(state, Path("ck"), now, 96, 1, notes.append)
+    assert notes == ["resuming with changed settings: --learning-rate, --max-grad-norm"]  # free fields unnamed
 
 
 def test_a_fresh_overwrite_run_removes_the_old_checkpoints(tiny_bert, files, tmp_path, capsys):

@@ -116,6 +116,21 @@ def test_course_argument_names_and_eval_steps(tiny_bert, tmp_path):
     assert [r["step"] for r in trainer.log_history if r["kind"] == "eval"] == [5, 10]
 
 
+def test_eval_steps_alone_turns_step_evaluation_on_and_adamw_is_fused_by_default():
+    assert TrainingArguments("o", eval_steps=5).eval_strategy == "steps"
+    assert TrainingArguments("o").eval_strategy == "epoch"
+    from leantune.train.optim import build_optimizer
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    fused = build_optimizer(model, TrainingArguments("o"))
+    assert fused.defaults["fused"] and not fused.defaults["foreach"]
+    foreach = build_optimizer(model, TrainingArguments("o", optim="adamw_torch"))
+    assert foreach.defaults["foreach"] and not foreach.defaults["fused"]
+    assert [g["weight_decay"] for g in fused.param_groups] == [0.0, 0.0]  # the default --weight-decay 0
+    groups = build_optimizer(model, TrainingArguments("o", weight_decay=0.01)).param_groups
+    assert [len(g["params"]) for g in groups] == [1, 3]  # only the Linear weight decays (no bias, no LayerNorm)
+
+
 def test_saved_model_reloads_with_transformers(tiny_bert, tmp_path):
     trainer, data = _trainer(tiny_bert, tmp_path, num_train_epochs=1)
     trainer.train()
