@@ -47,6 +47,7 @@ class Layout(NamedTuple):
     blocks: tuple[Block, ...]
     size: int  # slots in all
     heads_index: dict[int, torch.Tensor]  # heads -> (T x heads,): the slot of (token, head), head-major blocks
+    heads_padding: dict[int, torch.Tensor]  # heads -> the slots no (token, head) fills: the blocks' padding
     row: torch.Tensor  # (T,): the first slot of the token's sequence
     width: torch.Tensor  # (T,): the longest of the token's block
     offset: torch.Tensor  # (T,): the token's position in its sequence
@@ -107,7 +108,7 @@ def layout(cu: torch.Tensor, longest: int, total: int, split: bool = True) -> La
         base += n * size
     seq = torch.repeat_interleave(torch.arange(batch, device=device), lengths, output_size=total)
     offset = torch.arange(total, device=device) - starts[seq]
-    found = Layout(slot[seq] + offset, tuple(blocks), base, {}, slot[seq], width[seq], offset)
+    found = Layout(slot[seq] + offset, tuple(blocks), base, {}, {}, slot[seq], width[seq], offset)
     _cache[split] = cu, found
     return found
 
@@ -119,6 +120,15 @@ def _heads_index(lay: Layout, heads: int) -> torch.Tensor:
         per_head = torch.arange(heads, device=lay.row.device)[None] * lay.width[:, None]
         lay.heads_index[heads] = (heads * lay.row[:, None] + per_head + lay.offset[:, None]).reshape(-1)
     return lay.heads_index[heads]
+
+
+def _padding_slots(lay: Layout, heads: int) -> torch.Tensor:
+    """The slots of `_heads_index`'s layout that hold no token: the only ones that must be zeroed."""
+    if heads not in lay.heads_padding:
+        used = torch.zeros(lay.size * heads, dtype=torch.bool, device=lay.row.device)
+        used[_heads_index(lay, heads)] = True
+        lay.heads_padding[heads] = (~used).nonzero().squeeze(1)
+    return lay.heads_padding[heads]
 
 
 def _mask_in_block(mask: torch.Tensor, block: Block, total: int) -> torch.Tensor:
@@ -179,18 +189,22 @@ def packed_attention(
     attention-function layout). `dropout` (training) is applied to the attention probabilities."""
     _, heads, total, dim = query.shape
     lay = layout(cu, longest, total)
-    where = _heads_index(lay, heads)
-    # each block (n, heads, longest, dim), contiguous; zeros in the padding slots: a NaN there would reach the
-    # real keys' gradients through 0 * NaN. (The zeros are filled in place: they need no gradient.)
+    where, padding = _heads_index(lay, heads), _padding_slots(lay, heads)
+    sizes = [block.n * block.longest * heads for block in lay.blocks]
+    # each block (n, heads, longest, dim), contiguous; zeros in the padding slots (a NaN there would reach the
+    # real keys' gradients through 0 * NaN), filled in place and only there: they need no gradient. The blocks
+    # are split off, not sliced: a slice's backward would add a zero-filled buffer of the whole size per block.
     flat = [
-        x.new_zeros(lay.size * heads, dim).index_copy_(0, where, x[0].transpose(0, 1).reshape(-1, dim))
+        x.new_empty(lay.size * heads, dim)
+        .index_fill_(0, padding, 0)
+        .index_copy_(0, where, x[0].transpose(0, 1).reshape(-1, dim))
+        .split(sizes)
         for x in (query, key, value)
     ]
     scale = dim**-0.5 if scaling is None else scaling
     outs = []
-    for block in lay.blocks:
-        span = slice(block.base * heads, (block.base + block.n * block.longest) * heads)
-        q, k, v = (f[span].view(block.n, heads, block.longest, dim) for f in flat)
+    for i, block in enumerate(lay.blocks):
+        q, k, v = (f[i].view(block.n, heads, block.longest, dim) for f in flat)
         outs.append(_attend(q, k, v, _block_mask(attention_mask, block, total, q.dtype), scale, dropout))
     rows = outs[0].reshape(-1, dim) if len(outs) == 1 else torch.cat([o.reshape(-1, dim) for o in outs])
     return rows.index_select(0, where).view(1, total, heads, dim)
