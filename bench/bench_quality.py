@@ -2,7 +2,8 @@
 
     python bench/bench_quality.py                                  # every row, seeds 1-5 (hours on 2 cores)
     python bench/bench_quality.py --rows mrpc500,mrpc1000 --seeds 1,2,3
-    python bench/bench_quality.py --table-only                     # the table from the results file
+    python bench/bench_quality.py --table-only                     # the table from the results file (every seed)
+    python bench/bench_quality.py --table-only --rows mrpc --table-seeds 101,102,103,104,105
 
 Rows: MRPC with its first 500 or 1000 training pairs or all 3,668 (dev F1), and GoEmotions with its first
 3,000 training comments (macro-F1 over the 28 classes; single-label on each comment's first label: leantune
@@ -110,6 +111,7 @@ def main() -> None:
     p.add_argument("--epochs", type=float, default=3)
     p.add_argument("--results", type=Path, default=HERE / "results" / "bench_quality.jsonl")
     p.add_argument("--table-only", action="store_true")
+    p.add_argument("--table-seeds", default="", help="the table over these seeds only (default: every seed run)")
     args = p.parse_args()
     rows, systems = args.rows.split(","), args.systems.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -127,6 +129,9 @@ def main() -> None:
                     with args.results.open("a") as f:
                         f.write(json.dumps(res) + "\n")
                     print(f"{row} {system} seed {seed}: {100 * res['dev_f1']:.1f} ({res['train_s']:.0f} s)", flush=True)
+    if args.table_seeds:
+        keep = {int(x) for x in args.table_seeds.split(",")}
+        results = [r for r in results if r["seed"] in keep]
     print("\n".join(table(results, rows, systems)))
 
 
