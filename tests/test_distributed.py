@@ -107,7 +107,10 @@ def test_two_processes_batch_4_match_one_process_batch_8(no_dropout_bert, files,
         "8",
     ]
     # one process in this one (no launcher: the same maths as torchrun with one process); two through torchrun
-    assert main([*common, "--batch-size", "8", "--output-dir", str(tmp_path / "one"), "--use-cpu"]) == 0
+    assert (
+        main([*common, "--batch-size", "8", "--output-dir", str(tmp_path / "one"), "--use-cpu", "--no-tune-process"])
+        == 0
+    )
     two = torchrun(2, *common, "--batch-size", "4", "--output-dir", str(tmp_path / "two"))
     assert two.returncode == 0, two.stderr[-2000:]
     a, b = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
@@ -130,7 +133,7 @@ def test_two_process_predict_writes_each_index_once_in_order(no_dropout_bert, fi
     _, _, test = files
     one = main(
         ["predict", "--model", no_dropout_bert, "--test-file", str(test), "--output-dir", str(tmp_path / "p1")]
-        + ["--per-device-eval-batch-size", "4", "--use-cpu"]
+        + ["--per-device-eval-batch-size", "4", "--use-cpu", "--no-tune-process"]
     )
     two = accelerate_launch(  # the same job through Accelerate's launcher (the others use torchrun)
         2,
@@ -281,7 +284,10 @@ def test_glue_under_torchrun_writes_what_one_process_writes(no_dropout_bert, tmp
     common = ["glue", "--model", no_dropout_bert, "--data-dir", str(data), "--tasks", "mnli", "--epochs", "1"]
     two = torchrun(2, *common, "--batch-size", "4", "--output-dir", str(tmp_path / "two"))
     assert two.returncode == 0, two.stderr[-3000:]
-    assert main([*common, "--batch-size", "8", "--output-dir", str(tmp_path / "one"), "--use-cpu"]) == 0
+    assert (
+        main([*common, "--batch-size", "8", "--output-dir", str(tmp_path / "one"), "--use-cpu", "--no-tune-process"])
+        == 0
+    )
     zips = [zipfile.ZipFile(tmp_path / d / "submission.zip") for d in ("one", "two")]
     assert zips[1].namelist() == ["MNLI-m.tsv", "MNLI-mm.tsv", "AX.tsv"]
     assert [z.read(n) for n in zips[1].namelist() for z in zips[:1]] == [zips[1].read(n) for n in zips[1].namelist()]

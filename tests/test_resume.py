@@ -33,7 +33,9 @@ from leantune.train.checkpoint import (
 
 # 96 rows in batches of 8: 12 steps an epoch, so checkpoints every 3 steps land mid-epoch and on epoch ends.
 EPOCHS = 4  # 48 steps: the SIGKILL at checkpoint-18 still leaves 30 to go
+# --no-tune-process: runs in this process and in child processes then take the same MKL path on every CPU
 TRAIN_FLAGS = ["--epochs", str(EPOCHS), "--batch-size", "8", "--lr", "1e-3", "--logging-steps", "4", "--quiet"]
+TRAIN_FLAGS += ["--no-tune-process"]
 
 
 @pytest.fixture(scope="module")

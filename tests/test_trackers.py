@@ -69,6 +69,9 @@ def test_wandb_runs_offline_in_the_output_directory(tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("WANDB_SILENT", "true")
+    import os
+
+    before = (sys.excepthook, sys.stdout.write, sys.stderr.write, "WANDB_SERVICE" in os.environ)
     log = RunLog(tmp_path / "run", report_to="wandb")
     with log.tracking(CONFIG):
         for rec, kind in RECORDS:
@@ -79,6 +82,7 @@ def test_wandb_runs_offline_in_the_output_directory(tmp_path, monkeypatch):
         # W&B commits a step's row when the next step starts (step 4's at finish): step 2's values are in
         assert run.summary["train/loss"] == 0.69 and run.summary["train/grad_norm"] == 1.5
     assert log.trackers.active == [] and list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert (sys.excepthook, sys.stdout.write, sys.stderr.write, "WANDB_SERVICE" in os.environ) == before
 
 
 def test_trackers_are_finished_when_training_fails(tmp_path, monkeypatch):
@@ -89,6 +93,9 @@ def test_trackers_are_finished_when_training_fails(tmp_path, monkeypatch):
         log.record(*RECORDS[0])
         raise RuntimeError("boom")
     assert mlflow.active_run() is None and log.trackers.active == []
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'run' / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("leantune").experiment_id])
+    assert run.info.status == "FAILED"  # not FINISHED: the training did not end normally
 
 
 def test_report_to_values_are_checked_with_the_flag_named(monkeypatch):

@@ -47,7 +47,7 @@ class Layout(NamedTuple):
     blocks: tuple[Block, ...]
     size: int  # slots in all
     heads_index: dict[int, torch.Tensor]  # heads -> (T x heads,): the slot of (token, head), head-major blocks
-    heads_padding: dict[int, torch.Tensor]  # heads -> the slots no (token, head) fills: the blocks' padding
+    heads_padding: dict[int, torch.Tensor]  # heads -> True at the slots no (token, head) fills
     row: torch.Tensor  # (T,): the first slot of the token's sequence
     width: torch.Tensor  # (T,): the longest of the token's block
     offset: torch.Tensor  # (T,): the token's position in its sequence
@@ -127,7 +127,7 @@ def _padding_slots(lay: Layout, heads: int) -> torch.Tensor:
     if heads not in lay.heads_padding:
         used = torch.zeros(lay.size * heads, dtype=torch.bool, device=lay.row.device)
         used[_heads_index(lay, heads)] = True
-        lay.heads_padding[heads] = (~used).nonzero().squeeze(1)
+        lay.heads_padding[heads] = ~used  # a mask, not nonzero()'s indices: no host sync on a GPU
     return lay.heads_padding[heads]
 
 
@@ -196,7 +196,7 @@ def packed_attention(
     # are split off, not sliced: a slice's backward would add a zero-filled buffer of the whole size per block.
     flat = [
         x.new_empty(lay.size * heads, dim)
-        .index_fill_(0, padding, 0)
+        .masked_fill_(padding[:, None], 0)
         .index_copy_(0, where, x[0].transpose(0, 1).reshape(-1, dim))
         .split(sizes)
         for x in (query, key, value)

@@ -75,12 +75,14 @@ class RunLog:
     def tracking(self, config: dict[str, Any]) -> Iterator[None]:
         """The trackers' runs open for the body (one training), with `config` as their settings; closed
         however it ends, so no tracker run (or MLflow's process-wide active run) outlives it."""
-        if self.enabled:
-            self.trackers.start(config)
+        failed = True
         try:
+            if self.enabled:
+                self.trackers.start(config)
             yield
+            failed = False
         finally:
-            self.trackers.finish()
+            self.trackers.finish(failed)
 
     def restore(self, history: list[dict[str, Any]]) -> None:
         """Continue a resumed run: its records up to the checkpoint become the history, log.jsonl and

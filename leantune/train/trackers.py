@@ -9,10 +9,11 @@
 
 Tags: `train/loss`, `train/learning_rate`, `train/grad_norm`, `train/samples_per_second` per logging step;
 `eval/<metric>` per evaluation (`eval/validation_matched_accuracy` for MNLI's splits); `train_end/<metric>`
-once. The x axis is the optimizer step. The run's settings go in as the tracker's configuration.
+once. The x axis is the optimizer step. The run's settings go in as the tracker's configuration. MLflow's
+usage telemetry is switched off (MLFLOW_DISABLE_TELEMETRY, unless the user set it).
 
-The trackers live for one `Trainer.train()` (started with its first record, finished when it ends, also
-by an error or a signal): Accelerate's own `Accelerator.end_training()` would also destroy the process
+The trackers live for one `Trainer.train()` (started when it starts, finished when it ends, as FAILED after
+an error or a signal); evaluations after `train()` go to log.jsonl only: Accelerate's own `Accelerator.end_training()` would also destroy the process
 group, which a Trainer that evaluates afterwards still needs. A resumed run is a new tracker run from the
 step it resumes at (TensorBoard appends to the same directory). MLflow keeps its tracking URI in the
 process: when the user set none, it points at the run's own store for the run and is unset afterwards.
@@ -20,9 +21,11 @@ process: when the user set none, it points at the run's own store for the run an
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +85,7 @@ class Trackers:
         self.dir = Path(output_dir)
         self.active: list[Any] = []
         self._mlflow_uri_set = False
+        self._excepthook = sys.excepthook
 
     def start(self, config: dict[str, Any]) -> None:
         if self.active or not self.names:
@@ -98,36 +102,55 @@ class Trackers:
                 tracker = cls(PROJECT, logging_dir=str(self.dir / "mlruns"), run_name=self.dir.name)
             else:
                 # offline-first: W&B uploads only when the user's WANDB_MODE asks for it
+                import wandb
+
                 extra = {} if os.environ.get("WANDB_MODE") else {"mode": "offline"}
-                tracker = cls(PROJECT, dir=str(self.dir), name=self.dir.name, **extra)
+                self._excepthook = sys.excepthook  # W&B replaces it; finish() puts it back
+                # console="off": W&B would otherwise wrap sys.stdout/sys.stderr's write for the process
+                settings = wandb.Settings(console="off")
+                tracker = cls(PROJECT, dir=str(self.dir), name=self.dir.name, settings=settings, **extra)
             tracker.start()
+            self.active.append(tracker)  # from here on, finish() ends it, whatever fails next
             tracker.store_init_configuration(flat_config(config))
-            self.active.append(tracker)
-        logger.info(f"tracking to {', '.join(self.names)} ({self.where()})")
+        logger.info(f"trackers: {self.where()}")
 
     def where(self) -> str:
-        places = {
-            "tensorboard": str(self.dir / "runs"),
-            "mlflow": self._mlflow_uri(),
-            "wandb": str(self.dir / "wandb"),
-        }
-        return "; ".join(f"{n}: {places[n]}" for n in self.names)
+        places = {"tensorboard": lambda: str(self.dir / "runs"), "wandb": lambda: str(self.dir / "wandb")}
+        places["mlflow"] = self._mlflow_uri  # only asked when mlflow is one of them (it may not be installed)
+        return "; ".join(f"{n} at {places[n]()}" for n in self.names)
 
     def log(self, rec: dict[str, Any], kind: str) -> None:
         values = scalars(rec, kind)
         for tracker in self.active:
             tracker.log(values, step=int(rec.get("step", 0)))
 
-    def finish(self) -> None:
-        """End every tracker's run (MLflow and W&B close theirs; TensorBoard's files are closed)."""
+    def finish(self, failed: bool = False) -> None:
+        """End every tracker's run, each even if another one's end fails: MLflow's as FAILED and W&B's with
+        exit code 1 when training did not end normally; TensorBoard's files are closed."""
         active, self.active = self.active, []
-        for tracker in active:
-            tracker.finish()
-        if self._mlflow_uri_set:
-            import mlflow
+        try:
+            for tracker in active:
+                with contextlib.suppress(Exception):  # one tracker's trouble must not hide the run's outcome
+                    if failed and tracker.name == "mlflow":
+                        import mlflow
 
-            mlflow.set_tracking_uri(None)  # back to unset, as the user had it
-            self._mlflow_uri_set = False
+                        mlflow.end_run(status="FAILED")
+                    elif failed and tracker.name == "wandb":
+                        tracker.run.finish(exit_code=1)
+                    else:
+                        tracker.finish()
+        finally:
+            if any(t.name == "wandb" for t in active):
+                import wandb
+
+                wandb.teardown()  # its service process and WANDB_SERVICE in the environment go too
+                sys.excepthook = self._excepthook
+            if self._mlflow_uri_set:
+                import mlflow
+
+                mlflow.set_tracking_uri(None)  # back to unset, as the user had it
+                os.environ.pop("MLFLOW_TRACKING_URI", None)  # set_tracking_uri also sets it for child processes
+                self._mlflow_uri_set = False
 
     def _mlflow_uri(self) -> str:
         from mlflow.tracking import is_tracking_uri_set
@@ -140,9 +163,11 @@ class Trackers:
 
     def _point_mlflow(self) -> None:
         """The run's own store unless the user chose one (MLFLOW_TRACKING_URI or mlflow.set_tracking_uri)."""
+        # offline-first: MLflow 3 reports usage to its servers unless told not to (the user may say otherwise)
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         import mlflow
         from mlflow.tracking import is_tracking_uri_set
 
-        if not is_tracking_uri_set():
+        if not is_tracking_uri_set() and "MLFLOW_TRACKING_URI" not in os.environ:
             mlflow.set_tracking_uri(self._mlflow_uri())
             self._mlflow_uri_set = True
