@@ -142,8 +142,14 @@ def _replace_dir(tmp: Path, final: Path) -> None:
         os.replace(tmp, final)
     except OSError:
         if old is not None:  # the rename failed (a full disk): the previous checkpoint-STEP goes back in place
-            os.replace(old / final.name, final)
-            old.rmdir()
+            try:
+                os.replace(old / final.name, final)
+                old.rmdir()
+            except OSError:
+                raise LeantuneError(
+                    f"cannot save {final}, nor put its previous copy back: move {old / final.name} back to "
+                    f"{final} before running again (the next run deletes {old.name})"
+                ) from None
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
