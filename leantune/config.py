@@ -35,12 +35,17 @@ def flag(name: str) -> str:
 REPORT_TO = ("tensorboard", "mlflow", "wandb")
 
 
+def report_to_names(value: str) -> list[str]:
+    """The names in a `--report-to` value, as written (comma-separated, blanks ignored)."""
+    return [n.strip() for n in value.split(",") if n.strip()]
+
+
 def report_to_problems(value: str) -> list[str]:
     """What is wrong with a `--report-to` value: an unknown name, "none"/"all" mixed with others, a tracker
     whose package is not installed (said before anything is written, not at the first log line)."""
     import importlib.util
 
-    names = [n.strip() for n in value.split(",") if n.strip()]
+    names = report_to_names(value)
     if len(names) > 1 and {"none", "all"} & set(names):
         return [f"--report-to {value}: 'none' and 'all' stand alone"]
     unknown = [n for n in names if n not in (*REPORT_TO, "none", "all")]

@@ -31,14 +31,19 @@ def torchrun(n: int, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
 
 
+def free_port() -> int:
+    """A local port nobody listens on (at the time of asking)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def accelerate_launch(n: int, *args: str) -> subprocess.CompletedProcess:
     """`accelerate launch` as the README gives it for a CPU-only machine: --multi_gpu picks Accelerate's
     torch.distributed launcher (with --cpu it would start one process), --use-cpu makes it gloo on the CPU."""
-    import socket
-
-    with socket.socket() as free:  # its default port, 29500, may still be held by an earlier run
-        free.bind(("127.0.0.1", 0))
-        port = free.getsockname()[1]
+    port = free_port()  # not its default, 29500, which an earlier run may still hold
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", f"--num_processes={n}"]
     cmd = [
         *launch,
@@ -226,11 +231,7 @@ def test_two_process_kill_and_resume_matches_the_uninterrupted_run(tiny_bert, fi
 
 
 def test_a_rank_whose_master_never_answers_fails_in_one_line(tiny_bert, files, tmp_path):
-    import socket
-
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {
         **__import__("os").environ,
         "RANK": "1",

@@ -215,19 +215,30 @@ def test_a_failed_save_leaves_the_previous_checkpoint_and_no_debris(tmp_path):
     assert resolve_checkpoint(True, tmp_path, print) == tmp_path / "checkpoint-3"
 
 
-def test_a_full_disk_at_the_checkpoints_own_rename_names_the_intact_previous_one(tiny_bert, files, tmp_path, monkeypatch, capsys):  # fmt: skip
-    """The save of checkpoint-8 fails at its last act, the rename of its finished temporary directory into
-    place: one line naming the newest checkpoint left (checkpoint-4), which is byte for byte what it was
-    when the failing save began, verifies, is what --resume picks, and no temporary directory is left."""
-    out, real, seen = tmp_path / "run", os.replace, {}
+def _rename_fails_for(monkeypatch, prefix: str, before: Callable[[], None] = lambda: None) -> None:
+    """os.replace fails with a full disk for a source named `prefix*` (after calling `before`), and only there."""
+    real = os.replace
 
     def replace(src, dst, *a, **k):
-        if Path(src).name.startswith(".tmp-checkpoint-8-"):
-            seen.update({p: p.read_bytes() for p in (out / "checkpoint-4").iterdir()})
+        if Path(src).name.startswith(prefix):
+            before()
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))
         return real(src, dst, *a, **k)
 
     monkeypatch.setattr(os, "replace", replace)
+
+
+def test_a_full_disk_at_the_checkpoints_own_rename_names_the_intact_previous_one(tiny_bert, files, tmp_path, monkeypatch, capsys):  # fmt: skip
+    """The save of checkpoint-8 fails at its last act, the rename of its finished temporary directory into
+    place: one line naming the newest checkpoint left (checkpoint-4), which is byte for byte what it was
+    when that save failed, verifies, is what --resume picks, and no temporary directory is left."""
+    out, seen = tmp_path / "run", {}
+    # checkpoint-4 as it is when the save of checkpoint-8 fails
+    _rename_fails_for(
+        monkeypatch,
+        ".tmp-checkpoint-8-",
+        lambda: seen.update({p: p.read_bytes() for p in (out / "checkpoint-4").iterdir()}),
+    )
     assert main(_argv(tiny_bert, files, out, "--save-strategy", "steps", "--save-steps", "4")) == 2
     monkeypatch.undo()
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
@@ -245,14 +256,7 @@ def test_a_failed_rename_over_an_older_checkpoint_of_the_same_step_puts_it_back(
     fails, the old one goes back in place (it would otherwise be left in a temporary directory, removed later)."""
     write_checkpoint(tmp_path, 3, _tiny_ckpt)
     before = {p.name: p.read_bytes() for p in (tmp_path / "checkpoint-3").iterdir()}
-    real = os.replace
-
-    def replace(src, dst, *a, **k):
-        if Path(src).name.startswith(".tmp-checkpoint-3-"):
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real(src, dst, *a, **k)
-
-    monkeypatch.setattr(os, "replace", replace)
+    _rename_fails_for(monkeypatch, ".tmp-checkpoint-3-")
     with pytest.raises(OSError, match="No space left"):
         write_checkpoint(tmp_path, 3, _tiny_ckpt)
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-3"]

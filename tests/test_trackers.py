@@ -3,6 +3,7 @@ nothing left behind in the process. TensorBoard's events are checked end to end 
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -69,8 +70,6 @@ def test_wandb_runs_offline_in_the_output_directory(tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("WANDB_SILENT", "true")
-    import os
-
     before = (sys.excepthook, sys.stdout.write, sys.stderr.write, "WANDB_SERVICE" in os.environ)
     log = RunLog(tmp_path / "run", report_to="wandb")
     with log.tracking(CONFIG):

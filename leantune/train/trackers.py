@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from leantune.config import REPORT_TO, report_to_problems
+from leantune.config import REPORT_TO, report_to_names, report_to_problems
 from leantune.errors import LeantuneError
 from leantune.log import logger
 
@@ -40,7 +40,7 @@ _SKIP = ("step", "kind", "world_size")
 
 def parse(value: str) -> list[str]:
     """`--report-to`'s names: "none" (or nothing) is none; "all" is every tracker whose package is installed."""
-    names = [n.strip() for n in value.split(",") if n.strip()]
+    names = report_to_names(value)
     if names in ([], ["none"]):
         return []
     if names == ["all"]:
