@@ -116,7 +116,8 @@ def test_two_processes_batch_4_match_one_process_batch_8(no_dropout_bert, files,
         main([*common, "--batch-size", "8", "--output-dir", str(tmp_path / "one"), "--use-cpu", "--no-tune-process"])
         == 0
     )
-    two = torchrun(2, *common, "--batch-size", "4", "--output-dir", str(tmp_path / "two"))
+    # two through Accelerate's launcher (the other tests use torchrun); world_size == 2 below proves it started two
+    two = accelerate_launch(2, *common, "--batch-size", "4", "--output-dir", str(tmp_path / "two"))
     assert two.returncode == 0, two.stderr[-2000:]
     a, b = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
     init = load_file(Path(no_dropout_bert) / "model.safetensors")
@@ -140,7 +141,7 @@ def test_two_process_predict_writes_each_index_once_in_order(no_dropout_bert, fi
         ["predict", "--model", no_dropout_bert, "--test-file", str(test), "--output-dir", str(tmp_path / "p1")]
         + ["--per-device-eval-batch-size", "4", "--use-cpu", "--no-tune-process"]
     )
-    two = accelerate_launch(  # the same job through Accelerate's launcher (the others use torchrun)
+    two = torchrun(
         2,
         "predict",
         "--model",
