@@ -262,8 +262,7 @@ def packed_attention(
     # real keys' gradients through 0 * NaN). The blocks are split off, not sliced: a slice's backward would
     # add a zero-filled buffer of the whole size per block.
     flat = [
-        _Scatter.apply(x[0].transpose(0, 1).reshape(-1, dim), where, source).split(sizes)
-        for x in (query, key, value)
+        _Scatter.apply(x[0].transpose(0, 1).reshape(-1, dim), where, source).split(sizes) for x in (query, key, value)
     ]
     scale = dim**-0.5 if scaling is None else scaling
     outs = []
