@@ -136,6 +136,28 @@ def test_packed_attention_in_training_applies_the_dropout_to_each_sequences_prob
     assert [tuple(p.shape) for p in seen] == shapes
 
 
+def test_the_gathers_lay_rows_out_and_back_with_zeros_in_the_empty_slots() -> None:
+    # _Scatter/_Unscatter move packed rows to their slots and back by gathers, in both directions (also the
+    # gradients); empty slots hold zeros. The form a GPU uses (a mask of the empty slots: no host sync) is
+    # checked here too, on the CPU.
+    where = torch.tensor([4, 0, 2])
+    x = torch.arange(1.0, 7.0).view(3, 2).requires_grad_(True)
+    expected = torch.tensor([[3.0, 4], [0, 0], [5, 6], [0, 0], [1, 2], [0, 0]])
+    cpu = varlen._source(where, 6)
+    mask = varlen.Source(cpu.rows, torch.tensor([False, True, False, True, False, True]))
+    for source in (cpu, mask):
+        slots = varlen._Scatter.apply(x, where, source)
+        assert torch.equal(slots, expected)
+        (slots * torch.arange(1.0, 13.0).view(6, 2)).sum().backward()
+        assert torch.equal(x.grad, torch.tensor([[9.0, 10], [1, 2], [5, 6]]))  # each row's own slot's weights
+        x.grad = None
+        slots_in = expected.clone().requires_grad_(True)
+        back = varlen._Unscatter.apply(slots_in, where, source)
+        assert torch.equal(back, x.detach())
+        (back * torch.tensor([[1.0, 2], [3, 4], [5, 6]])).sum().backward()  # row i's weight to slot where[i]
+        assert torch.equal(slots_in.grad, torch.tensor([[3.0, 4], [0, 0], [5, 6], [0, 0], [1, 2], [0, 0]]))
+
+
 def _tiny(attn: str = "sdpa", **config) -> BertForSequenceClassification:
     torch.manual_seed(0)
     cfg = BertConfig(

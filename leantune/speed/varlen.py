@@ -45,7 +45,7 @@ class Source(NamedTuple):
     reads (0 where none lands: any row will do, it is zeroed) and the slots none lands in."""
 
     rows: torch.Tensor  # (slots,)
-    empty: torch.Tensor  # (slots - len(where),)
+    empty: torch.Tensor  # on the CPU their numbers; elsewhere (slots,) True at them (no host sync)
 
 
 class Layout(NamedTuple):
@@ -135,10 +135,9 @@ def _source(where: torch.Tensor, slots: int) -> Source:
     """The gathers that put row i in slot where[i] of `slots` (one-to-one: no two rows share a slot)."""
     rows = torch.zeros(slots, dtype=torch.long, device=where.device)
     rows.index_copy_(0, where, torch.arange(len(where), device=where.device))
-    used = torch.zeros(slots, dtype=torch.bool, device=where.device)
-    used[where] = True
-    # the count is known here: nonzero_static needs no host sync on a GPU
-    return Source(rows, torch.nonzero_static(~used, size=slots - len(where)).view(-1))
+    empty = torch.ones(slots, dtype=torch.bool, device=where.device)
+    empty[where] = False
+    return Source(rows, empty.nonzero().view(-1) if where.device.type == "cpu" else empty)
 
 
 def _heads_source(lay: Layout, heads: int) -> Source:
@@ -151,8 +150,11 @@ def _heads_source(lay: Layout, heads: int) -> Source:
 def _gather(x: torch.Tensor, source: Source) -> torch.Tensor:
     """x's rows in the slots `source` lays them out in, zeros in the empty slots (a NaN there would reach
     the real keys' gradients through 0 * NaN). On the CPU a gather and a fill of the few empty rows cost
-    ~1/10 of a scatter (index_copy_) into a zeroed buffer."""
-    return x.index_select(0, source.rows).index_fill_(0, source.empty, 0)
+    a fraction of a scatter (index_copy_) into a zeroed buffer."""
+    gathered = x.index_select(0, source.rows)
+    if source.empty.dtype == torch.bool:
+        return gathered.masked_fill_(source.empty.view(-1, *[1] * (x.dim() - 1)), 0)
+    return gathered.index_fill_(0, source.empty, 0)
 
 
 class _Scatter(torch.autograd.Function):
@@ -193,8 +195,9 @@ def _mask_in_block(mask: torch.Tensor, block: Block, total: int) -> torch.Tensor
 
 def _additive(lay: Layout, i: int, dtype: torch.dtype) -> torch.Tensor:
     """Block i's padding mask as 0 (a real key) / finfo.min (a padding key), to add to the scores: on the
-    CPU ~10x faster than `masked_fill_` with the broadcast bool mask, and the same softmax (s + min rounds to
-    min for any |s| < 1e31; fastpath._additive). Made once per forward: every layer reuses it."""
+    CPU ~10x faster than `masked_fill_` with the broadcast bool mask. The same softmax: a padding key is a
+    zero row, so its score is exactly 0 and 0 + min is min, in every dtype. Made once per forward: every
+    layer reuses it."""
     if (i, dtype) not in lay.additive:
         keep = lay.blocks[i].keep
         lay.additive[i, dtype] = torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill_(
