@@ -23,6 +23,7 @@ import time
 
 import torch
 from bench_mrpc import DEFAULT_DATA, describe, machine  # bench/ is on sys.path when run as a script
+from run_one import load
 
 import leantune.train.trainer  # noqa: F401 -- loaded first, as the leantune command does (speed/process.py)
 from leantune.speed.process import tune_process
@@ -44,18 +45,6 @@ def batches(rows: list[dict], batch_size: int, steps: int, seed: int) -> dict[st
     }
 
 
-def mrpc_rows(model_dir: str, data_dir: str) -> list[dict]:
-    from transformers import AutoTokenizer
-
-    from leantune.data.load import load_glue
-
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    train = load_glue("mrpc", data_dir)[0]["train"]
-    enc = tok(list(train["sentence1"]), list(train["sentence2"]), truncation=True)
-    keys = [k for k in ("input_ids", "token_type_ids") if k in enc]
-    return [{**{k: enc[k][i] for k in keys}, "labels": int(y)} for i, y in enumerate(train["label"])]
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=150)
@@ -65,21 +54,21 @@ def main() -> None:
     p.add_argument("--model", help="a local model directory (default: the packaged MiniLM)")
     args = p.parse_args()
     tune_process()  # before the first matrix multiply, as the leantune command does
-    from transformers import AutoTokenizer
-
-    from leantune.config import default_model
     from leantune.data.collate import DataCollatorWithPadding
     from leantune.speed import clsonly, fastpath, packing
     from leantune.train.model import load_model
 
-    model_dir = args.model or default_model()
-    rows = mrpc_rows(model_dir, args.data_dir)
+    # the tokenized MRPC rows bench_mrpc.py's systems train on
+    model_dir, tok, data = load(
+        argparse.Namespace(model=args.model, task="mrpc", data_dir=args.data_dir, max_train_samples=0)
+    )
+    rows = list(data["train"])
     todo = batches(rows, args.batch_size, args.steps + 10, args.seed)
     model = load_model(model_dir, ("not_equivalent", "equivalent"), quiet=True).train()
     optim = torch.optim.AdamW(model.parameters(), lr=5e-5, fused=True)
     collate = {
         "packed": packing.PackedCollator(packing.position_offset(model)),
-        "grouped": DataCollatorWithPadding(AutoTokenizer.from_pretrained(model_dir)),
+        "grouped": DataCollatorWithPadding(tok),
     }
     collate["padded"] = collate["grouped"]
     times: dict[str, list[float]] = {v: [] for v in VARIANTS}

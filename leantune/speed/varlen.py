@@ -193,16 +193,17 @@ def _mask_in_block(mask: torch.Tensor, block: Block, total: int) -> torch.Tensor
     return square[slots[:, :, None], slots[:, None, :]].unsqueeze(1)
 
 
+def additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A bool mask (True = attend) as 0 / finfo.min to add to the scores: added broadcast over the heads, ~10x
+    faster on the CPU than `masked_fill_` with the broadcast mask (MiniLM: 0.04 vs 0.4 ms a layer)."""
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)
+
+
 def _additive(lay: Layout, i: int, dtype: torch.dtype) -> torch.Tensor:
-    """Block i's padding mask as 0 (a real key) / finfo.min (a padding key), to add to the scores: on the
-    CPU ~10x faster than `masked_fill_` with the broadcast bool mask. The same softmax: a padding key is a
-    zero row, so its score is exactly 0 and 0 + min is min, in every dtype. Made once per forward: every
-    layer reuses it."""
+    """Block i's padding mask, `additive`. The same softmax as masking: a padding key is a zero row, so its
+    score is exactly 0 and 0 + min is min, in every dtype. Made once per forward: every layer reuses it."""
     if (i, dtype) not in lay.additive:
-        keep = lay.blocks[i].keep
-        lay.additive[i, dtype] = torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill_(
-            ~keep, torch.finfo(dtype).min
-        )
+        lay.additive[i, dtype] = additive(lay.blocks[i].keep, dtype)
     return lay.additive[i, dtype]
 
 
