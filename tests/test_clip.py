@@ -70,3 +70,24 @@ def test_the_folded_norm_is_the_float64_norm():
     acc = SimpleNamespace(scaler=None, device=torch.device("cpu"))
     exact = sum(float(p.grad.double().pow(2).sum()) for p in params) ** 0.5
     assert float(clip_grad_norm(acc, opt, params, 1.0)) == pytest.approx(exact, rel=1e-7)  # float32 of it
+
+
+def test_the_sum_of_squares_covers_every_tensor_in_float64_whatever_the_threads():
+    if kernels.library() is None:
+        pytest.skip("no C compiler here: the norm is torch's")
+    g = torch.Generator().manual_seed(1)
+    # sizes across the kernel's 65,536-element chunks and its 64-wide blocks, an empty one, and one it leaves
+    # to torch (not contiguous)
+    tensors = [torch.randn(n, generator=g) * 3 for n in (0, 1, 63, 64, 65, 65_536, 65_537, 200_003)]
+    tensors.append(torch.randn(40, 30, generator=g).t())
+    exact = sum(float(t.double().pow(2).sum()) for t in tensors)
+    threads = torch.get_num_threads()
+    try:
+        sums = []
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            sums.append(kernels.sum_squares(tensors))
+    finally:
+        torch.set_num_threads(threads)
+    assert sums[0] == pytest.approx(exact, rel=1e-13)
+    assert sums[0] == sums[1] == sums[2]  # fixed chunks added in order: the same bits on any number of threads

@@ -1,4 +1,5 @@
 #include <stdint.h>
+#include <stdlib.h>
 /* Loops over large tensors are split between torch's OpenMP threads: the library is linked against the
    libgomp torch has already loaded, so they share its thread pool and torch.set_num_threads. */
 static inline uint64_t mix(uint64_t z) {
@@ -73,18 +74,46 @@ void lt_gelu_f32(const float *x, float *y, float *d, int64_t n) {
         gelu_chunk(x + lo, y + lo, d + lo, len);
     }
 }
-/* sum of x[i]^2 in double precision, eight partial sums per thread (so that gcc vectorizes them). */
-double lt_sumsq_f32(const float *x, int64_t n) {
+/* The sum of the squares of every element of `count` float32 arrays, in double precision.
+   The work is cut into chunks of SUMSQ_CHUNK elements (a chunk never spans two arrays), each chunk summed by
+   one thread into 64 partial sums (so that gcc vectorizes them into independent registers: one accumulator
+   waits on each addition's latency; 64 measured 1.2-2x faster than 32 on a Xeon, AVX2 or AVX-512 code), and
+   the chunks' sums added in order at the end: the result does not depend on the number of threads, and one
+   call covers every gradient (one thread team, not one per tensor). A float's square is exact in double,
+   so only the additions round. */
+#define SUMSQ_CHUNK 65536
+static double sumsq_chunk(const float *x, int64_t n) {
+    double acc[64] = {0};
+    const int64_t blocks = n / 64;
+    for (int64_t b = 0; b < blocks; b++)
+        for (int j = 0; j < 64; j++) acc[j] += (double)x[64 * b + j] * x[64 * b + j];
+    for (int64_t i = 64 * blocks; i < n; i++) acc[i - 64 * blocks] += (double)x[i] * x[i];
+    for (int w = 32; w > 0; w /= 2)
+        for (int j = 0; j < w; j++) acc[j] += acc[j + w];
+    return acc[0];
+}
+double lt_sumsq_many(const float *const *xs, const int64_t *ns, int64_t count) {
+    int64_t chunks = 0, total = 0;
+    for (int64_t t = 0; t < count; t++) { chunks += (ns[t] + SUMSQ_CHUNK - 1) / SUMSQ_CHUNK; total += ns[t]; }
+    double *sums = malloc(chunks * sizeof(double));
+    const float **at = malloc(chunks * sizeof(float *));
+    int64_t *len = malloc(chunks * sizeof(int64_t));
     double s = 0.0;
-    const int64_t blocks = n / 8;
-    #pragma omp parallel reduction(+:s) if (n > 65536)
-    {
-        double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-        #pragma omp for schedule(static)
-        for (int64_t b = 0; b < blocks; b++)
-            for (int j = 0; j < 8; j++) acc[j] += (double)x[8 * b + j] * x[8 * b + j];
-        for (int j = 0; j < 8; j++) s += acc[j];
+    if (sums && at && len) {
+        int64_t c = 0;
+        for (int64_t t = 0; t < count; t++)
+            for (int64_t lo = 0; lo < ns[t]; lo += SUMSQ_CHUNK, c++) {
+                at[c] = xs[t] + lo;
+                len[c] = ns[t] - lo < SUMSQ_CHUNK ? ns[t] - lo : SUMSQ_CHUNK;
+            }
+        #pragma omp parallel for schedule(static) if (total > 65536)
+        for (int64_t k = 0; k < chunks; k++) sums[k] = sumsq_chunk(at[k], len[k]);
+        for (int64_t k = 0; k < chunks; k++) s += sums[k];
+    } else {  /* no memory for the chunk table: one thread, the same chunks */
+        for (int64_t t = 0; t < count; t++)
+            for (int64_t lo = 0; lo < ns[t]; lo += SUMSQ_CHUNK)
+                s += sumsq_chunk(xs[t] + lo, ns[t] - lo < SUMSQ_CHUNK ? ns[t] - lo : SUMSQ_CHUNK);
     }
-    for (int64_t i = 8 * blocks; i < n; i++) s += (double)x[i] * x[i];
+    free(sums); free(at); free(len);
     return s;
 }
