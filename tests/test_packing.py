@@ -136,6 +136,35 @@ def test_packed_attention_in_training_applies_the_dropout_to_each_sequences_prob
     assert [tuple(p.shape) for p in seen] == shapes
 
 
+@pytest.mark.parametrize("block_cost", [0, 6, 10**9])  # three blocks, two (one padded), one padded block
+def test_the_one_node_block_attention_is_the_per_block_graph_bit_for_bit(
+    block_cost: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # training with the fast dropout runs every block in one autograd node with its own backward; it must give
+    # the output, the gradients and the dropout masks (drawn from torch's generator, in block order) of the
+    # per-block graph autograd builds for any other dropout
+    from leantune.speed import fastpath
+
+    monkeypatch.setattr(varlen, "BLOCK_COST", block_cost)
+    cu = torch.tensor([0, 3, 8, 10], dtype=torch.int32)
+    results = []
+    for dropout in (fastpath._PackedDropout(0.3), lambda x: fastpath._Dropout.apply(x, 0.3)):
+        g = torch.Generator().manual_seed(0)
+        q, k, v = (torch.randn(1, 2, 10, 4, generator=g, requires_grad=True) for _ in range(3))
+        torch.manual_seed(1)
+        varlen.forget()
+        out = packed_attention(q, k, v, None, None, cu, 5, dropout=dropout)
+        node = type(out.grad_fn.next_functions[0][0].next_functions[0][0]).__name__
+        (out * torch.randn(out.shape, generator=g)).sum().backward()
+        results.append((node, out, q.grad, k.grad, v.grad))
+    (node, *fused), (other, *graph) = results
+    assert node == "_BlockAttentionBackward" and other != node
+    undropped = packed_attention(q.detach(), k.detach(), v.detach(), None, None, cu, 5)
+    assert not torch.allclose(fused[0], undropped, atol=1e-3)  # some probabilities were dropped
+    for a, b in zip(fused, graph):
+        assert torch.equal(a, b)
+
+
 def test_the_gathers_lay_rows_out_and_back_with_zeros_in_the_empty_slots() -> None:
     # _Scatter/_Unscatter move packed rows to their slots and back by gathers, in both directions (also the
     # gradients); empty slots hold zeros. The form a GPU uses (a mask of the empty slots: no host sync) is

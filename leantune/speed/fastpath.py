@@ -66,20 +66,27 @@ def scaled_mask(shape: torch.Size, p: float, seed: int | None = None) -> torch.T
     return torch.from_numpy(np.multiply(_keep(shape, p, seed), kernels.scale(p), dtype=np.float32)).view(shape)
 
 
+def _scaled_dropout(x: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float32 `x` dropped with a mask seeded by a draw from torch's generator: (x * mask, mask), the mask
+    1 / (1 - p) where kept and 0 where dropped. No autograd: `_Dropout` and varlen's block attention use it."""
+    seed = _seed()
+    fused = kernels.dropout_f32(x, seed, p) if x.device.type == "cpu" else None
+    if fused is None:  # no compiler, or not on the CPU: the same mask from numpy
+        mask = scaled_mask(x.shape, p, seed).to(x.device)
+        fused = x.mul(mask), mask
+    return fused
+
+
 class _Dropout(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, p: float) -> torch.Tensor:
-        seed = _seed()
         if x.dtype == torch.float32:
-            fused = kernels.dropout_f32(x, seed, p) if x.device.type == "cpu" else None
-            if fused is None:  # no compiler, or not on the CPU: the same mask from numpy
-                mask = scaled_mask(x.shape, p, seed).to(x.device)
-                fused = x.mul(mask), mask
+            fused = _scaled_dropout(x, p)
             ctx.save_for_backward(fused[1])
             ctx.scale = None
             return fused[0]
         # other dtypes (bf16 under autocast): a float32 mask would promote the result, so bool + scale
-        keep = keep_mask(x.shape, p, seed).to(x.device)
+        keep = keep_mask(x.shape, p).to(x.device)
         ctx.save_for_backward(keep)
         ctx.scale = 1.0 / (1.0 - p)
         return x.mul(keep).mul_(ctx.scale)
@@ -90,6 +97,20 @@ class _Dropout(torch.autograd.Function):
         if ctx.scale is None:
             return grad.mul(mask), None
         return grad.mul(mask).mul_(ctx.scale), None
+
+
+class _PackedDropout:
+    """The fast dropout as packed attention takes it: called, `_Dropout` (autograd); `with_mask`, the dropped
+    tensor and its mask without autograd, for varlen's block attention (which writes its own backward)."""
+
+    def __init__(self, p: float) -> None:
+        self.p = p
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return _Dropout.apply(x, self.p)
+
+    def with_mask(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return _scaled_dropout(x, self.p)
 
 
 def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
@@ -188,11 +209,7 @@ def attention(
     if kwargs.get("cu_seq_lens_q") is not None:
         drop = None
         if module.training and dropout > 0.0:
-            drop = (
-                (lambda x: _Dropout.apply(x, dropout))
-                if fast
-                else (lambda x: nn.functional.dropout(x, dropout, training=True))
-            )
+            drop = _PackedDropout(dropout) if fast else (lambda x: nn.functional.dropout(x, dropout, training=True))
         return packed_attention(
             query, key, value, attention_mask, scaling, kwargs["cu_seq_lens_q"], kwargs["max_length_q"], drop
         ), None
