@@ -104,7 +104,7 @@ class TrainingArguments:
         False,
         "Batch examples of similar length together (opt-in). Not plain shuffling's random batches: the gradients "
         "and the results differ. Measured (BENCHMARKS.md, 3-5 seeds): -1.0 and -0.8 pooled sd below the HF "
-        "Trainer on MRPC-1000 and GoEmotions-3000, +1.0 on MRPC-500; 1.11-1.13x the speed of packed batches "
+        "Trainer on MRPC-1000 and GoEmotions-3000, +1.0 on MRPC-500; 1.08-1.13x the speed of packed batches "
         "on 2-core CPUs (one epoch of MRPC, Zen 5 and Xeon).",
     )
     packed_batches: bool = arg(
