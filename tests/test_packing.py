@@ -136,9 +136,25 @@ def test_packed_attention_in_training_applies_the_dropout_to_each_sequences_prob
     assert [tuple(p.shape) for p in seen] == shapes
 
 
-@pytest.mark.parametrize("block_cost", [0, 6, 10**9])  # three blocks, two (one padded), one padded block
+def _attention_with(dropout, lengths: list[int], dim: int, seed: int) -> tuple[str, list[torch.Tensor]]:
+    """packed_attention forward + backward of random q, k, v (3 heads, scale 0.3: not a power of two) over
+    `lengths`; the node behind its output and (output, q, k, v gradients)."""
+    g = torch.Generator().manual_seed(seed)
+    total = sum(lengths)
+    q, k, v = (torch.randn(1, 3, total, dim, generator=g, requires_grad=True) for _ in range(3))
+    cu = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32)
+    torch.manual_seed(seed)  # the dropout masks' seeds
+    varlen.forget()
+    out = packed_attention(q, k, v, None, 0.3, cu, max(lengths), dropout=dropout)
+    node = type(out.grad_fn.next_functions[0][0].next_functions[0][0]).__name__
+    (out * torch.randn(out.shape, generator=g)).sum().backward()
+    return node, [out, q.grad, k.grad, v.grad]
+
+
+@pytest.mark.parametrize("dim", [12, 16])  # blocks computed apart and copied in; written in place
+@pytest.mark.parametrize("block_cost", [0, 1100, 10**9])  # a block per length; the default cut; one block
 def test_the_one_node_block_attention_is_the_per_block_graph_bit_for_bit(
-    block_cost: int, monkeypatch: pytest.MonkeyPatch
+    dim: int, block_cost: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # training with the fast dropout runs every block in one autograd node with its own backward; it must give
     # the output, the gradients and the dropout masks (drawn from torch's generator, in block order) of the
@@ -146,23 +162,26 @@ def test_the_one_node_block_attention_is_the_per_block_graph_bit_for_bit(
     from leantune.speed import fastpath
 
     monkeypatch.setattr(varlen, "BLOCK_COST", block_cost)
-    cu = torch.tensor([0, 3, 8, 10], dtype=torch.int32)
-    results = []
-    for dropout in (fastpath._PackedDropout(0.3), lambda x: fastpath._Dropout.apply(x, 0.3)):
-        g = torch.Generator().manual_seed(0)
-        q, k, v = (torch.randn(1, 2, 10, 4, generator=g, requires_grad=True) for _ in range(3))
-        torch.manual_seed(1)
-        varlen.forget()
-        out = packed_attention(q, k, v, None, None, cu, 5, dropout=dropout)
-        node = type(out.grad_fn.next_functions[0][0].next_functions[0][0]).__name__
-        (out * torch.randn(out.shape, generator=g)).sum().backward()
-        results.append((node, out, q.grad, k.grad, v.grad))
-    (node, *fused), (other, *graph) = results
-    assert node == "_BlockAttentionBackward" and other != node
-    undropped = packed_attention(q.detach(), k.detach(), v.detach(), None, None, cu, 5)
-    assert not torch.allclose(fused[0], undropped, atol=1e-3)  # some probabilities were dropped
-    for a, b in zip(fused, graph):
-        assert torch.equal(a, b)
+    for seed in range(3):
+        lengths = [random.Random(seed).randint(1, 60) for _ in range(9)] + [1]
+        node, fused = _attention_with(fastpath._PackedDropout(0.3), lengths, dim, seed)
+        other, graph = _attention_with(lambda x: fastpath._Dropout.apply(x, 0.3), lengths, dim, seed)
+        assert node == "_BlockAttentionBackward" and other != node
+        for a, b in zip(fused, graph):
+            assert torch.equal(a, b)
+        _, undropped = _attention_with(None, lengths, dim, seed)
+        assert not torch.allclose(fused[0], undropped[0], atol=1e-3)  # some probabilities were dropped
+
+
+def test_the_one_node_block_attention_steps_aside_under_autocast() -> None:
+    # bf16 products: the per-block graph (its dropout takes bf16); the float32 C kernel refuses anything else
+    from leantune.speed import fastpath, kernels
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        node, (out, *_) = _attention_with(fastpath._PackedDropout(0.3), [3, 5, 2], 16, 0)
+    assert node != "_BlockAttentionBackward" and out.dtype == torch.bfloat16
+    with pytest.raises(TypeError, match="float32"):
+        kernels.dropout_f32(torch.ones(4, dtype=torch.bfloat16), 1, 0.1)
 
 
 def test_the_gathers_lay_rows_out_and_back_with_zeros_in_the_empty_slots() -> None:

@@ -241,9 +241,16 @@ def library() -> ctypes.CDLL | None:
     return lib
 
 
+def _check_f32(x: torch.Tensor, name: str) -> None:
+    """The C kernels read and write float32 host memory: anything else would be read or written past its end."""
+    if x.dtype != torch.float32 or x.device.type != "cpu" or x.layout != torch.strided:
+        raise TypeError(f"{name} takes a float32 CPU tensor, got {x.dtype} on {x.device} ({x.layout})")
+
+
 def dropout_f32(x: torch.Tensor, seed: int, p: float) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(x * mask, mask) for a float32 CPU tensor, mask = 1 / (1 - p) where kept and 0 where dropped;
     None when the kernel is unavailable. The mask equals `keep(x.numel(), seed, p)` times the scale."""
+    _check_f32(x, "dropout_f32")
     lib = library()
     if lib is None:
         return None
@@ -260,6 +267,7 @@ def gelu_f32(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     the exp differs in the last bit). Saving the derivative makes the backward one multiply, where
     torch's gelu_backward recomputes erf and exp from x.
     """
+    _check_f32(x, "gelu_f32")
     lib = library()
     if lib is None:
         return None

@@ -190,11 +190,12 @@ class _Unscatter(torch.autograd.Function):
 
 
 class _BlockAttention(torch.autograd.Function):
-    """Every block's attention with dropout in one autograd node (the CPU training path, float32, no mask of
-    the model's own). The blocks lie one after another in q, k and v (each (slots, dim)); the output and the
-    three gradients are written block by block into one buffer each, so nothing is split off or concatenated
-    (autograd's per-block graph ends in a cat forward and three backward). The same products, softmax and
-    dropout masks (drawn in block order) as `_attend`, and the backward autograd derives from it, op by op."""
+    """Every block's attention with dropout in one autograd node (the CPU training path, float32 outside
+    autocast, no mask of the model's own). The blocks lie one after another in q, k and v (each (slots,
+    dim)); the output and the three gradients are written block by block into one buffer each, so nothing is
+    split off or concatenated (autograd's per-block graph ends in a cat forward and three backward). The same
+    products, softmax and dropout masks (drawn in block order) as `_attend`, and the backward autograd
+    derives from it, op by op. Once differentiable: no gradient of the gradient (training never takes one)."""
 
     @staticmethod
     def forward(
@@ -208,16 +209,17 @@ class _BlockAttention(torch.autograd.Function):
         with_mask: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
     ) -> torch.Tensor:
         out, saved = torch.empty_like(q), []
+        direct = q.shape[-1] % 16 == 0  # each block n x heads x longest rows of 16k floats: 64-byte multiples
         for (qb, kb, vb, ob), (n, heads, longest, dim), mask in zip(_blocks(shapes, q, k, v, out), shapes, masks):
             scores = torch.bmm(qb, kb.transpose(1, 2)).mul_(scale)
             if mask is not None:
                 scores.view(n, heads, longest, longest).add_(mask)
             probs = torch.softmax(scores, dim=-1)
             dropped, keep = with_mask(probs)  # keep: the scaled mask (1 / (1 - p) or 0)
-            torch.bmm(dropped, vb, out=ob)
+            _bmm_into(dropped, vb, ob, direct)
             saved += [probs, keep, dropped]
         ctx.save_for_backward(q, k, v, *saved)
-        ctx.shapes, ctx.scale = shapes, scale
+        ctx.shapes, ctx.scale, ctx.direct = shapes, scale, direct
         return out
 
     @staticmethod
@@ -228,12 +230,28 @@ class _BlockAttention(torch.autograd.Function):
         blocks = _blocks(ctx.shapes, q, k, v, grad.contiguous(), dq, dk, dv)
         for i, (qb, kb, vb, gb, dqb, dkb, dvb) in enumerate(blocks):
             probs, keep, dropped = saved[3 * i : 3 * i + 3]
-            torch.bmm(dropped.transpose(1, 2), gb, out=dvb)
+            _bmm_into(dropped.transpose(1, 2), gb, dvb, ctx.direct)
             dprobs = torch.bmm(gb, vb.transpose(1, 2)).mul_(keep)
             dscores = torch._softmax_backward_data(dprobs, probs, -1, probs.dtype).mul_(ctx.scale)
-            torch.bmm(dscores, kb, out=dqb)
+            _bmm_into(dscores, kb, dqb, ctx.direct)
             dkb.copy_(torch.bmm(qb.transpose(1, 2), dscores).transpose(1, 2))  # as autograd: (q^T ds)^T
         return dq, dk, dv, None, None, None, None
+
+
+def _float32_on_cpu(x: torch.Tensor) -> bool:
+    """Attention on `x` runs in float32 on the CPU: not under autocast, whose products would be bf16."""
+    return x.dtype == torch.float32 and x.device.type == "cpu" and not torch.is_autocast_enabled("cpu")
+
+
+def _bmm_into(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, direct: bool) -> None:
+    """a @ b into `out`, a block of a shared buffer. BLAS may pick another kernel, and round otherwise, for
+    an output less aligned than a fresh tensor's (seen: MKL's matrix-vector product at head size 1). With
+    `direct`, every block starts 64-byte aligned as a fresh tensor does (torch's CPU allocator aligns to 64
+    bytes): written in place; else computed apart and copied."""
+    if direct:
+        torch.bmm(a, b, out=out)
+    else:
+        out.copy_(torch.bmm(a, b))
 
 
 def _blocks(shapes: tuple[tuple[int, int, int, int], ...], *flats: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
@@ -328,7 +346,7 @@ def packed_attention(
     flat = [_Scatter.apply(x[0].transpose(0, 1).reshape(-1, dim), where, source) for x in (query, key, value)]
     scale = dim**-0.5 if scaling is None else scaling
     with_mask = getattr(dropout, "with_mask", None)
-    if with_mask is not None and attention_mask is None and query.dtype == torch.float32:
+    if with_mask is not None and attention_mask is None and _float32_on_cpu(query):
         shapes = tuple((block.n, heads, block.longest, dim) for block in lay.blocks)
         masks = tuple(None if b.keep is None else _additive(lay, i, query.dtype) for i, b in enumerate(lay.blocks))
         rows = _BlockAttention.apply(*flat, shapes, masks, scale, with_mask)
