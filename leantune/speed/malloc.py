@@ -4,7 +4,8 @@ A training step frees and re-allocates the same tensors (activations, gradients)
 gives the top of its heap back to the system once more than a threshold is free there, and maps large
 blocks afresh, so the next step touches new pages: one page fault per 4 KB, ~4 us each on a VM. A MiniLM
 step on MRPC took 600-2,800 of them after warm-up (measured with `ru_minflt`), i.e. 2-11 ms of a ~250 ms
-step. With both thresholds raised, freed memory stays mapped and is reused: none after warm-up.
+step. With both thresholds raised, freed memory stays mapped and is reused: none after warm-up (glibc may
+place the first few large blocks of a size one above the other before it reuses them).
 
 This is a setting of the whole process (what preloading jemalloc or tcmalloc does for PyTorch CPU
 training): the resident size no longer shrinks when memory is freed, so it stays at its peak. glibc has
