@@ -92,14 +92,17 @@ static double sumsq_chunk(const float *x, int64_t n) {
         for (int j = 0; j < w; j++) acc[j] += acc[j + w];
     return acc[0];
 }
+/* -1 (no sum of squares is negative) when there is no memory for the chunk table: the caller sums in torch. */
 double lt_sumsq_many(const float *const *xs, const int64_t *ns, int64_t count) {
     int64_t chunks = 0, total = 0;
     for (int64_t t = 0; t < count; t++) { chunks += (ns[t] + SUMSQ_CHUNK - 1) / SUMSQ_CHUNK; total += ns[t]; }
     double *sums = malloc(chunks * sizeof(double));
     const float **at = malloc(chunks * sizeof(float *));
     int64_t *len = malloc(chunks * sizeof(int64_t));
-    double s = 0.0;
-    if (sums && at && len) {
+    double s = -1.0;
+    if (chunks == 0) {
+        s = 0.0;
+    } else if (sums && at && len) {
         int64_t c = 0;
         for (int64_t t = 0; t < count; t++)
             for (int64_t lo = 0; lo < ns[t]; lo += SUMSQ_CHUNK, c++) {
@@ -108,11 +111,8 @@ double lt_sumsq_many(const float *const *xs, const int64_t *ns, int64_t count) {
             }
         #pragma omp parallel for schedule(static) if (total > 65536)
         for (int64_t k = 0; k < chunks; k++) sums[k] = sumsq_chunk(at[k], len[k]);
+        s = 0.0;
         for (int64_t k = 0; k < chunks; k++) s += sums[k];
-    } else {  /* no memory for the chunk table: one thread, the same chunks */
-        for (int64_t t = 0; t < count; t++)
-            for (int64_t lo = 0; lo < ns[t]; lo += SUMSQ_CHUNK)
-                s += sumsq_chunk(xs[t] + lo, ns[t] - lo < SUMSQ_CHUNK ? ns[t] - lo : SUMSQ_CHUNK);
     }
     free(sums); free(at); free(len);
     return s;

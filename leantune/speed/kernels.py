@@ -241,9 +241,13 @@ def library() -> ctypes.CDLL | None:
     return lib
 
 
+def _host_f32(x: torch.Tensor) -> bool:
+    """Whether the C kernels may read `x`: float32 host memory (anything else would be read past its end)."""
+    return x.dtype == torch.float32 and x.device.type == "cpu" and x.layout == torch.strided
+
+
 def _check_f32(x: torch.Tensor, name: str) -> None:
-    """The C kernels read and write float32 host memory: anything else would be read or written past its end."""
-    if x.dtype != torch.float32 or x.device.type != "cpu" or x.layout != torch.strided:
+    if not _host_f32(x):
         raise TypeError(f"{name} takes a float32 CPU tensor, got {x.dtype} on {x.device} ({x.layout})")
 
 
@@ -288,19 +292,19 @@ def sum_squares(tensors: list[torch.Tensor]) -> float | None:
     lib = library()
     if lib is None:
         return None
-    plain, total = [], 0.0
+    plain: list[torch.Tensor] = []
+    others: list[torch.Tensor] = []  # other dtypes, sparse or strided gradients: summed by torch, in float64
     for t in tensors:
-        if t.dtype == torch.float32 and t.device.type == "cpu" and t.layout == torch.strided and t.is_contiguous():
-            plain.append(t)
-        else:  # anything else (other dtypes, sparse or strided gradients): torch, in float64
-            total += float(t.detach().double().pow(2).sum())
-    return total + _sumsq_many(lib, plain)
+        (plain if _host_f32(t) and t.is_contiguous() else others).append(t)
+    total = _sumsq_many(lib, plain)
+    if total < 0:  # the kernel had no memory for its chunk table
+        others, total = tensors, 0.0
+    return total + sum(float(t.detach().double().pow(2).sum()) for t in others)
 
 
 def _sumsq_many(lib: ctypes.CDLL, tensors: list[torch.Tensor]) -> float:
-    """`lt_sumsq_many` over contiguous float32 CPU tensors: one call for all (one thread team)."""
-    if not tensors:
-        return 0.0
+    """`lt_sumsq_many` over contiguous float32 CPU tensors: one call for all (one thread team); -1 if it
+    could not allocate its chunk table."""
     ptrs = np.array([t.data_ptr() for t in tensors], dtype=np.uint64)
     sizes = np.array([t.numel() for t in tensors], dtype=np.int64)
     return lib.lt_sumsq_many(ptrs.ctypes.data, sizes.ctypes.data, len(tensors))
