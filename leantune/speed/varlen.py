@@ -339,7 +339,7 @@ def packed_attention(
     _, heads, total, dim = query.shape
     lay = layout(cu, longest, total)
     where, source = _heads_index(lay, heads), _heads_source(lay, heads)
-    sizes = [block.n * block.longest * heads for block in lay.blocks]
+    shapes = tuple((block.n, heads, block.longest, dim) for block in lay.blocks)
     # each block (n, heads, longest, dim), contiguous; zeros in the padding slots (a NaN there would reach the
     # real keys' gradients through 0 * NaN). The blocks are split off, not sliced: a slice's backward would
     # add a zero-filled buffer of the whole size per block.
@@ -347,14 +347,12 @@ def packed_attention(
     scale = dim**-0.5 if scaling is None else scaling
     with_mask = getattr(dropout, "with_mask", None)
     if with_mask is not None and attention_mask is None and _float32_on_cpu(query):
-        shapes = tuple((block.n, heads, block.longest, dim) for block in lay.blocks)
         masks = tuple(None if b.keep is None else _additive(lay, i, query.dtype) for i, b in enumerate(lay.blocks))
         rows = _BlockAttention.apply(*flat, shapes, masks, scale, with_mask)
         return _Unscatter.apply(rows, where, source).view(1, total, heads, dim)
-    parts = [f.split(sizes) for f in flat]
     outs = []
-    for i, block in enumerate(lay.blocks):
-        q, k, v = (f[i].view(block.n, heads, block.longest, dim) for f in parts)
+    for i, (block, shape, blocks) in enumerate(zip(lay.blocks, shapes, _blocks(shapes, *flat))):
+        q, k, v = (b.view(shape) for b in blocks)
         if attention_mask is None and dropout is not None and block.keep is not None:
             mask = _additive(lay, i, q.dtype)
         else:
